@@ -1,0 +1,12 @@
+"""scaug: rare-cell data augmentation for single-cell RNA-seq classifiers."""
+
+from importlib.metadata import PackageNotFoundError, version
+
+from . import datasets, preprocessing
+
+try:
+    __version__ = version("scaug")
+except PackageNotFoundError:  # running from a source tree that was not installed
+    __version__ = "0.0.0"
+
+__all__ = ["datasets", "preprocessing", "__version__"]
