@@ -3,10 +3,12 @@
 from importlib.metadata import PackageNotFoundError, version
 
 from . import datasets, preprocessing
+from .autoencoder import CellAutoencoder
+from .model import SCLD
 
 try:
     __version__ = version("scaug")
 except PackageNotFoundError:  # running from a source tree that was not installed
     __version__ = "0.0.0"
 
-__all__ = ["datasets", "preprocessing", "__version__"]
+__all__ = ["SCLD", "CellAutoencoder", "datasets", "preprocessing", "__version__"]

@@ -1,0 +1,198 @@
+"""Small helpers shared by the model layer: devices, seeds, input checks, batching, files."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+from sklearn.utils import check_random_state
+
+FORMAT_VERSION = 1
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """Turn a user's ``device`` argument into a :class:`torch.device`.
+
+    ``"auto"`` picks CUDA when it is available and the CPU otherwise; ``"cpu"`` forces the CPU;
+    ``"cuda"`` or ``"cuda:N"`` without a usable GPU is an error rather than a silent fallback.
+    """
+    if isinstance(device, torch.device):
+        name = str(device)
+    elif isinstance(device, str):
+        name = device.strip().lower()
+    else:
+        raise TypeError(
+            f"device must be 'auto', 'cpu', 'cuda', 'cuda:N' or a torch.device; got {device!r}."
+        )
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError as err:
+        raise ValueError(
+            f"device={device!r} is not a device name; use 'auto', 'cpu', 'cuda' or 'cuda:N'."
+        ) from err
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(
+                f"device={device!r} asks for CUDA, but torch sees no CUDA GPU here "
+                f"(torch {torch.__version__}). Use device='auto' or device='cpu'."
+            )
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(
+                f"device={device!r} asks for GPU {dev.index}, but only "
+                f"{torch.cuda.device_count()} CUDA device(s) are visible."
+            )
+    elif dev.type != "cpu":
+        raise ValueError(f"device={device!r} is not supported; use 'auto', 'cpu' or 'cuda[:N]'.")
+    return dev
+
+
+def seed_from(random_state) -> int:
+    """Draw one integer seed from anything :func:`sklearn.utils.check_random_state` accepts."""
+    return int(check_random_state(random_state).randint(0, 2**31 - 1))
+
+
+def cpu_generator(seed: int) -> torch.Generator:
+    """A CPU generator: noise is drawn on the CPU, then moved, so CPU and GPU see the same noise."""
+    gen = torch.Generator(device="cpu")
+    gen.manual_seed(int(seed))
+    return gen
+
+
+def check_matrix(X, *, name: str = "X", min_rows: int = 1):
+    """Validate a cells x genes matrix without copying or densifying it.
+
+    Returns a 2-D numeric ndarray or CSR matrix (a CSC/COO input is converted to CSR, which is a
+    re-indexing of the same values, not a densification).
+    """
+    if hasattr(X, "to_numpy") and not sp.issparse(X):  # pandas DataFrame
+        X = X.to_numpy()
+    if sp.issparse(X):
+        X = X.tocsr() if X.format != "csr" else X
+        values = X.data
+    else:
+        X = np.asarray(X)
+        values = X
+    if X.ndim != 2:
+        raise ValueError(f"{name} must be a 2-D cells x genes matrix; got an array of shape {X.shape}.")
+    if not np.issubdtype(X.dtype, np.number) or np.issubdtype(X.dtype, np.complexfloating):
+        raise ValueError(f"{name} must hold real numbers; got dtype {X.dtype}.")
+    if X.shape[0] < min_rows or X.shape[1] < 1:
+        raise ValueError(
+            f"{name} must have at least {min_rows} cell(s) and 1 gene; got shape {X.shape}."
+        )
+    if not np.all(np.isfinite(values)):
+        raise ValueError(f"{name} contains NaN or infinite values; scaug needs finite expression.")
+    return X
+
+
+def is_count_matrix(X) -> bool:
+    """True when every entry is a non-negative integer (raw UMI counts)."""
+    values = X.data if sp.issparse(X) else X
+    if values.size == 0:
+        return True
+    if np.issubdtype(values.dtype, np.integer):
+        return bool(values.min() >= 0)
+    return bool(values.min() >= 0 and np.all(values == np.floor(values)))
+
+
+def row_sums(X) -> np.ndarray:
+    return np.asarray(X.sum(axis=1)).ravel().astype(np.float64)
+
+
+def dense_rows(X, rows) -> np.ndarray:
+    """The given rows as a dense float32 block; sparse input is densified one block at a time."""
+    block = X[rows]
+    if sp.issparse(block):
+        block = block.toarray()
+    return np.asarray(block, dtype=np.float32)
+
+
+def iter_batches(n: int, batch_size: int) -> Iterator[np.ndarray]:
+    for start in range(0, n, batch_size):
+        yield np.arange(start, min(start + batch_size, n))
+
+
+def feature_names(X):
+    """Column names of a DataFrame (or None), kept so a saved model can refuse other genes."""
+    cols = getattr(X, "columns", None)
+    if cols is None:
+        return None
+    names = np.asarray(cols, dtype=object)
+    if not all(isinstance(c, str) for c in names):
+        return None
+    return names
+
+
+def check_genes(n_features: int, names, *, expected_n: int, expected_names, what: str) -> None:
+    """Refuse data whose genes differ from those a model was trained on."""
+    if n_features != expected_n:
+        raise ValueError(
+            f"X has {n_features} genes (columns), but {what} was trained on {expected_n} genes. "
+            "Subset or reorder X to the model's genes, or fit a new model."
+        )
+    if names is not None and expected_names is not None:
+        names = np.asarray(names, dtype=object)
+        expected_names = np.asarray(expected_names, dtype=object)
+        if not np.array_equal(names, expected_names):
+            bad = int(np.flatnonzero(names != expected_names)[0])
+            raise ValueError(
+                f"X's gene names differ from those {what} was trained on (first difference at "
+                f"column {bad}: {names[bad]!r} vs {expected_names[bad]!r}). Reorder X to the "
+                "model's genes (`feature_names_in_`) or fit a new model."
+            )
+
+
+def atomic_save(obj: dict, path, *, overwrite: bool) -> None:
+    """Write ``obj`` with torch.save via a temporary file, so no half-written model is ever left."""
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"path={path!r} is a directory; give a file name such as 'model.pt'.")
+    if os.path.exists(path) and not overwrite:
+        raise FileExistsError(f"{path!r} already exists; pass overwrite=True to replace it.")
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"The folder {folder!r} for path={path!r} does not exist.")
+    fd, tmp = tempfile.mkstemp(prefix=".scaug-", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            torch.save(obj, fh)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def checked_load(path, *, expected_class: str) -> dict:
+    """Load a file written by :func:`atomic_save` and check its format version and class."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"No saved model at {path!r}.")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises several types for files that are not its own
+        raise ValueError(f"{path!r} is not a scaug model file ({type(err).__name__}: {err}).") from err
+    if not isinstance(state, dict) or "format_version" not in state or "class" not in state:
+        raise ValueError(f"{path!r} is not a scaug model file.")
+    if state["class"] != expected_class:
+        raise ValueError(
+            f"{path!r} holds a {state['class']}, not a {expected_class}; load it with "
+            f"scaug.{state['class']}.load."
+        )
+    if state["format_version"] != FORMAT_VERSION:
+        raise ValueError(
+            f"{path!r} was written in scaug model format {state['format_version']}, but this "
+            f"scaug reads format {FORMAT_VERSION}; re-fit or use the scaug version that wrote it."
+        )
+    return state
+
+
+def to_plain_list(values) -> list:
+    """Labels/names as plain Python objects so that torch.load(weights_only=True) can read them."""
+    return [v.item() if isinstance(v, np.generic) else v for v in np.asarray(values, dtype=object)]

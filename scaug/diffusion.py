@@ -1,0 +1,144 @@
+"""Gaussian diffusion on latents: schedule, training loss, samplers and both guidances.
+
+The process holds no trainable parameters; networks are passed in (improved-diffusion style).
+The network predicts ``v = sqrt(abar) * eps - sqrt(1 - abar) * z0`` (v-prediction), which keeps
+the target well scaled at every noise level.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+def cosine_alpha_bar(n_steps: int, s: float = 0.008, min_alpha_bar: float = 1e-4) -> np.ndarray:
+    """Cumulative signal level of the cosine schedule (Nichol & Dhariwal 2021), float64."""
+    t = np.linspace(0, n_steps, n_steps + 1, dtype=np.float64) / n_steps
+    f = np.cos((t + s) / (1 + s) * math.pi / 2) ** 2
+    alpha_bar = f / f[0]
+    # a floor on the signal level: at abar ~ 0 the clean-latent estimate divides by ~0, which
+    # makes classifier guidance explode at the first sampling step
+    return np.maximum(alpha_bar[1:], min_alpha_bar)
+
+
+class GaussianDiffusion:
+    """Diffusion over ``n_steps`` discrete times with a cosine schedule.
+
+    Parameters
+    ----------
+    n_steps : int
+        Number of training time steps (T).
+    """
+
+    def __init__(self, n_steps: int = 1000):
+        self.n_steps = int(n_steps)
+        abar = cosine_alpha_bar(self.n_steps)  # abar[i] is the level at step i+1
+        self.alpha_bar = torch.tensor(np.concatenate([[1.0], abar]), dtype=torch.float64)
+
+    # -- forward process -------------------------------------------------------------------------
+    def _coef(self, t: torch.Tensor, device) -> tuple[torch.Tensor, torch.Tensor]:
+        abar = self.alpha_bar.to(device)[t].float()[:, None]
+        return abar.sqrt(), (1 - abar).sqrt()
+
+    def q_sample(self, z0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        a, s = self._coef(t, z0.device)
+        return a * z0 + s * noise
+
+    def time_input(self, t: torch.Tensor) -> torch.Tensor:
+        """Network time input in [0, 1]."""
+        return t.float() / self.n_steps
+
+    def training_loss(self, model, z0: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        t = torch.randint(1, self.n_steps + 1, (z0.shape[0],), device=z0.device)
+        noise = torch.randn_like(z0)
+        z_t = self.q_sample(z0, t, noise)
+        a, s = self._coef(t, z0.device)
+        v = a * noise - s * z0
+        return F.mse_loss(model(z_t, self.time_input(t), y), v)
+
+    def classifier_loss(self, classifier, z0: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        # t = 0 (clean latents) a quarter of the time: the same classifier screens finished samples
+        t = torch.randint(1, self.n_steps + 1, (z0.shape[0],), device=z0.device)
+        t = torch.where(torch.rand(t.shape, device=z0.device) < 0.25, torch.zeros_like(t), t)
+        z_t = self.q_sample(z0, t, torch.randn_like(z0))
+        return F.cross_entropy(classifier(z_t, self.time_input(t)), y)
+
+    # -- reverse process -------------------------------------------------------------------------
+    def _eps_x0(self, model, z_t, t, y, guidance_scale: float, null_label: int):
+        """Noise and clean-latent predictions, with classifier-free guidance when scale != 1."""
+        tt = self.time_input(t)
+        if guidance_scale == 1.0:
+            v = model(z_t, tt, y)
+        else:
+            both = model(torch.cat([z_t, z_t]), torch.cat([tt, tt]),
+                         torch.cat([y, torch.full_like(y, null_label)]))
+            v_cond, v_uncond = both.chunk(2)
+            v = v_uncond + guidance_scale * (v_cond - v_uncond)
+        a, s = self._coef(t, z_t.device)
+        eps = a * v + s * z_t
+        x0 = a * z_t - s * v
+        return eps, x0
+
+    def _classifier_grad(self, classifier, z_t, t, y) -> torch.Tensor:
+        with torch.enable_grad():
+            z = z_t.detach().requires_grad_(True)
+            logp = F.log_softmax(classifier(z, self.time_input(t)), dim=-1)
+            selected = logp[torch.arange(len(y), device=z.device), y].sum()
+            return torch.autograd.grad(selected, z)[0]
+
+    def timesteps(self, n_sample_steps: int) -> list[int]:
+        n = max(1, min(int(n_sample_steps), self.n_steps))
+        return [int(round(x)) for x in np.linspace(self.n_steps, 0, n + 1)]
+
+    @torch.no_grad()
+    def sample(
+        self,
+        model,
+        y: torch.Tensor,
+        noise: torch.Tensor,
+        *,
+        null_label: int,
+        guidance_scale: float = 1.0,
+        classifier=None,
+        classifier_scale: float = 0.0,
+        n_sample_steps: int = 50,
+        method: str = "ddim",
+        step_noise: Callable[[tuple], torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """Run the reverse process from ``noise`` (latents at time T) to clean latents.
+
+        ``method="ddim"`` is deterministic given ``noise`` (DDIM, eta = 0) over ``n_sample_steps``;
+        ``method="ancestral"`` is the stochastic DDPM sampler over the same (possibly strided)
+        times, drawing fresh noise from ``step_noise(shape)``. Classifier guidance shifts the
+        predicted noise by ``-classifier_scale * sqrt(1 - abar) * grad log p(y | z_t)``.
+        """
+        if method not in ("ddim", "ancestral"):
+            raise ValueError(f"method must be 'ddim' or 'ancestral'; got {method!r}.")
+        z = noise
+        times = self.timesteps(n_sample_steps)
+        abar_all = self.alpha_bar.to(z.device)
+        for t_now, t_next in zip(times[:-1], times[1:], strict=True):
+            t = torch.full((z.shape[0],), t_now, device=z.device, dtype=torch.long)
+            eps, x0 = self._eps_x0(model, z, t, y, guidance_scale, null_label)
+            if classifier is not None and classifier_scale != 0.0:
+                _, s = self._coef(t, z.device)
+                eps = eps - classifier_scale * s * self._classifier_grad(classifier, z, t, y)
+                a = abar_all[t_now].float().sqrt()
+                x0 = (z - s * eps) / a
+            ab_next = abar_all[t_next].float()
+            if method == "ddim" or t_next == 0:
+                z = ab_next.sqrt() * x0 + (1 - ab_next).sqrt() * eps
+            else:
+                ab_now = abar_all[t_now].float()
+                beta = 1 - ab_now / ab_next
+                # posterior q(z_next | z_now, x0) of the strided chain
+                var = (1 - ab_next) / (1 - ab_now) * beta
+                mean = (ab_next.sqrt() * beta / (1 - ab_now)) * x0 + (
+                    (1 - beta).sqrt() * (1 - ab_next) / (1 - ab_now)
+                ) * z
+                z = mean + var.sqrt() * step_noise(tuple(z.shape)).to(z.device)
+        return z

@@ -1,0 +1,91 @@
+"""The cell autoencoder: expression -> latent z -> a count (NB) or continuous (Gaussian) likelihood."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ._layers import mlp
+
+
+def nb_log_likelihood(x: torch.Tensor, mu: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+    """Negative-binomial log-likelihood with mean ``mu`` and inverse dispersion ``theta``."""
+    eps = 1e-8
+    log_theta_mu = torch.log(theta + mu + eps)
+    return (
+        theta * (torch.log(theta + eps) - log_theta_mu)
+        + x * (torch.log(mu + eps) - log_theta_mu)
+        + torch.lgamma(x + theta)
+        - torch.lgamma(theta)
+        - torch.lgamma(x + 1)
+    )
+
+
+class AutoencoderModule(nn.Module):
+    """MLP encoder and decoder with a negative-binomial or Gaussian head.
+
+    Parameters
+    ----------
+    n_genes : int
+    n_latent : int
+    hidden : sequence of int
+        Widths of the encoder's hidden layers; the decoder mirrors them.
+    likelihood : {"nb", "gaussian"}
+        ``"nb"``: the decoder gives gene proportions; the mean is library size x proportion and a
+        gene-wise inverse dispersion is learned (as in scVI). ``"gaussian"``: the decoder gives the
+        mean of standardised expression and a gene-wise log standard deviation is learned.
+    """
+
+    def __init__(self, n_genes: int, n_latent: int = 16, hidden=(256, 128), likelihood: str = "nb"):
+        super().__init__()
+        if likelihood not in ("nb", "gaussian"):
+            raise ValueError(f"likelihood must be 'nb' or 'gaussian'; got {likelihood!r}.")
+        self.likelihood = likelihood
+        hidden = list(hidden)
+        self.encoder = nn.Sequential(mlp([n_genes, *hidden], final_activation=True),
+                                     nn.Linear(hidden[-1], n_latent))
+        self.decoder = nn.Sequential(mlp([n_latent, *hidden[::-1]], final_activation=True),
+                                     nn.Linear(hidden[0], n_genes))
+        # gene-wise dispersion (log theta) or log standard deviation
+        self.gene_log_scale = nn.Parameter(torch.zeros(n_genes))
+
+    def encode(self, x_in: torch.Tensor) -> torch.Tensor:
+        """``x_in`` is the transformed expression (log1p-normalised counts, or standardised values)."""
+        return self.encoder(x_in)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Decoder output: gene logits (NB) or standardised means (Gaussian)."""
+        return self.decoder(z)
+
+    def log_likelihood(self, x: torch.Tensor, z: torch.Tensor, library: torch.Tensor | None):
+        out = self.decode(z)
+        if self.likelihood == "nb":
+            mu = library[:, None] * F.softmax(out, dim=-1)
+            theta = torch.exp(self.gene_log_scale)
+            return nb_log_likelihood(x, mu, theta).sum(-1)
+        log_sd = self.gene_log_scale
+        return (-0.5 * ((x - out) / torch.exp(log_sd)) ** 2 - log_sd
+                - 0.5 * math.log(2 * math.pi)).sum(-1)
+
+    @torch.no_grad()
+    def sample_expression(self, z: torch.Tensor, library: torch.Tensor | None,
+                          generator: torch.Generator | None = None) -> torch.Tensor:
+        """Draw expression from the likelihood given latents (noise comes from ``generator``).
+
+        For NB the draw is Gamma-Poisson; the random numbers are drawn on the generator's device
+        (the CPU) so that CPU and GPU runs give the same cells.
+        """
+        out = self.decode(z)
+        if self.likelihood == "nb":
+            mu = library[:, None] * F.softmax(out, dim=-1)
+            theta = torch.exp(self.gene_log_scale).expand_as(mu)
+            gen_device = generator.device if generator is not None else mu.device
+            rate = torch._standard_gamma(theta.to(gen_device).double(), generator=generator)
+            rate = rate * (mu.to(gen_device).double() / theta.to(gen_device).double())
+            return torch.poisson(rate, generator=generator).float().to(mu.device)
+        noise = torch.randn(out.shape, generator=generator, device=generator.device
+                            if generator is not None else out.device).to(out.device)
+        return out + torch.exp(self.gene_log_scale) * noise
