@@ -147,7 +147,8 @@ class CellAutoencoder(TransformerMixin, BaseEstimator):
         seed = _utils.seed_from(self.random_state)
         rng = np.random.default_rng(seed)
         n_epochs = self.max_epochs or _default_epochs(X.shape[0], self.batch_size)
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), \
+                _utils.flush_denormal():
             torch.manual_seed(seed)
             self.module_ = AutoencoderModule(X.shape[1], int(self.n_latent), tuple(self.hidden),
                                              self.likelihood_)

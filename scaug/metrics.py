@@ -8,8 +8,11 @@ Which values to pass
 --------------------
 - Embedding-based metrics (:func:`c2st_auc`, :func:`mmd_rbf`, :func:`energy_distance`,
   :func:`knn_precision_recall`, :func:`distance_to_closest_record`, :func:`dcr_ratio`) work in a
-  PCA space fitted on the real cells only (:func:`pca_embed`); pass log-normalised expression
-  (for example :func:`normalize_log1p` of counts).
+  PCA space; pass log-normalised expression (for example :func:`normalize_log1p` of counts).
+  The distribution metrics compare equal-sized random subsets of both sides and, unless a
+  ``reference`` of independent real cells (such as the training cells) is given, fit the PCA on
+  both subsets pooled: a PCA fitted on ``real`` alone overfits its noise and makes even a second
+  sample of the same population look different (see :func:`pca_embed`).
 - :func:`library_size_distance` needs raw counts; :func:`zero_fraction_error` gives the same
   answer on counts and on log-normalised values.
 - :func:`evaluate` runs them all and, with ``counts=True``, does the normalisation itself.
@@ -32,10 +35,12 @@ from sklearn.decomposition import PCA
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold, cross_val_score
-from sklearn.neighbors import KNeighborsClassifier, NearestNeighbors
+from sklearn.neighbors import KNeighborsClassifier
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.utils import check_random_state
+
+from .preprocessing import NormalizeLog1p
 
 __all__ = [
     "c2st_auc",
@@ -189,7 +194,8 @@ def normalize_log1p(X, *, target_sum=1e4):
     Returns
     -------
     ndarray or scipy.sparse.csr_matrix of shape (n_cells, n_genes)
-        Log-normalised values, float64; sparse when ``X`` is sparse.
+        Log-normalised values (float32 for float32 input, else float64); sparse when ``X`` is
+        sparse. The same as :class:`scaug.preprocessing.NormalizeLog1p`.
 
     Examples
     --------
@@ -203,13 +209,7 @@ def normalize_log1p(X, *, target_sum=1e4):
     _check_nonnegative(X, "X", "normalize_log1p")
     if not (isinstance(target_sum, numbers.Real) and target_sum > 0):
         raise ValueError(f"`target_sum` must be a positive number; got {target_sum!r}.")
-    totals = _library_size(X)
-    scale = np.divide(target_sum, totals, out=np.zeros_like(totals), where=totals > 0)
-    if sp.issparse(X):
-        out = sp.csr_matrix(sp.diags(scale) @ X)
-        out.data = np.log1p(out.data)
-        return out
-    return np.log1p(X * scale[:, None])
+    return NormalizeLog1p(target_sum=target_sum).fit_transform(X)
 
 
 def _fit_pca(X, n_components, random_state):
@@ -445,7 +445,7 @@ def mmd_rbf(
     max_cells=2000,
     random_state=None,
 ):
-    """Squared maximum mean discrepancy with a mixture of RBF kernels, in real-fitted PCA space.
+    """Squared maximum mean discrepancy with a mixture of RBF kernels, in PCA space.
 
     The kernel is the mean of ``exp(-|x - y|^2 / (2 sigma^2))`` over several bandwidths
     ``sigma``. The estimate is the unbiased U-statistic, so it scatters around 0 (and may be
@@ -464,7 +464,8 @@ def mmd_rbf(
         Kernel widths ``sigma`` in PCA units. None: the median pairwise distance of the pooled
         (subsampled) cells times (0.25, 0.5, 1, 2, 4).
     max_cells : int or None, default=2000
-        Each side is randomly subsampled to at most this many cells (cost is quadratic).
+        Both sides are randomly subsampled to ``min(n_real, n_synthetic, max_cells)`` cells
+        (cost is quadratic).
     random_state : int, RandomState instance or None, default=None
         Seed for subsampling.
 
@@ -499,11 +500,13 @@ def mmd_rbf(
             median = 1.0  # all cells identical: any width gives MMD 0
         sigmas = median * np.asarray(_BANDWIDTH_FACTORS)
     else:
-        sigmas = np.atleast_1d(np.asarray(bandwidths, dtype=np.float64))
+        message = "`bandwidths` must be a non-empty sequence of positive numbers; got {!r}."
+        try:
+            sigmas = np.atleast_1d(np.asarray(bandwidths, dtype=np.float64))
+        except (TypeError, ValueError) as exc:
+            raise ValueError(message.format(bandwidths)) from exc
         if sigmas.ndim != 1 or sigmas.size == 0 or not np.all(np.isfinite(sigmas) & (sigmas > 0)):
-            raise ValueError(
-                f"`bandwidths` must be a non-empty sequence of positive numbers; got {bandwidths!r}."
-            )
+            raise ValueError(message.format(bandwidths))
     total = 0.0
     for sigma in sigmas:
         gamma = 1.0 / (2.0 * sigma**2)
@@ -518,7 +521,7 @@ def mmd_rbf(
 def energy_distance(
     real, synthetic, *, n_components=30, reference=None, max_cells=2000, random_state=None
 ):
-    """Multivariate energy distance ``2 E|X-Y| - E|X-X'| - E|Y-Y'|`` in real-fitted PCA space.
+    """Multivariate energy distance ``2 E|X-Y| - E|X-X'| - E|Y-Y'|`` in PCA space.
 
     This is the (squared) energy distance of Szekely and Rizzo, not its square root; the within-
     sample terms average over distinct pairs only, so the value is near 0 for two samples of one
@@ -534,7 +537,8 @@ def energy_distance(
         Real cells to fit the PCA on, independent of ``real`` and ``synthetic`` (for example a
         generator's training cells). None: fitted on both samples pooled, balanced.
     max_cells : int or None, default=2000
-        Each side is randomly subsampled to at most this many cells (cost is quadratic).
+        Both sides are randomly subsampled to ``min(n_real, n_synthetic, max_cells)`` cells
+        (cost is quadratic).
     random_state : int, RandomState instance or None, default=None
         Seed for subsampling.
 
@@ -561,9 +565,10 @@ def energy_distance(
     return float(2.0 * between - within_r - within_s)
 
 
-def _covered(points, centres, radii, chunk=1024):
+def _covered(points, centres, radii):
     """Whether each point lies in at least one ball ``|x - centre_i| <= radius_i``."""
     out = np.empty(points.shape[0], dtype=bool)
+    chunk = _chunk_rows(centres.shape[0])
     for start in range(0, points.shape[0], chunk):
         d = cdist(points[start : start + chunk], centres)
         out[start : start + chunk] = (d <= radii[None, :]).any(axis=1)
@@ -571,15 +576,37 @@ def _covered(points, centres, radii, chunk=1024):
 
 
 def _knn_radii(Z, k):
-    nn = NearestNeighbors(n_neighbors=k + 1).fit(Z)
-    dist, _ = nn.kneighbors(Z)
-    return dist[:, k]  # column 0 is the cell itself
+    """Distance from each row of ``Z`` to its k-th nearest other row (exact, via ``cdist``)."""
+    radii = np.empty(Z.shape[0])
+    step = _chunk_rows(Z.shape[0])
+    for start in range(0, Z.shape[0], step):
+        d = cdist(Z[start : start + step], Z)
+        radii[start : start + step] = np.partition(d, k, axis=1)[:, k]  # column 0 is the self
+    return radii
+
+
+def _chunk_rows(n_columns):
+    """Rows per block so that a block of distances stays near 128 MB."""
+    return max(1, 2**24 // max(n_columns, 1))
+
+
+def _nearest_distance(query, ref):
+    """Distance from each row of ``query`` to the closest row of ``ref`` (exact, via ``cdist``).
+
+    ``cdist`` rather than ``NearestNeighbors`` (whose brute-force metric expands squares and
+    returns about 1e-7 instead of 0 for an exact copy).
+    """
+    out = np.empty(query.shape[0])
+    step = _chunk_rows(ref.shape[0])
+    for start in range(0, query.shape[0], step):
+        out[start : start + step] = cdist(query[start : start + step], ref).min(axis=1)
+    return out
 
 
 def knn_precision_recall(
     real, synthetic, *, k=5, n_components=30, reference=None, max_cells=2000, random_state=None
 ):
-    """Improved precision and recall (Kynkaanniemi et al., 2019) in real-fitted PCA space.
+    """Improved precision and recall (Kynkaanniemi et al., 2019) in PCA space.
 
     Each cell gets a ball reaching to its k-th nearest neighbour within its own sample.
     Precision is the fraction of synthetic cells inside at least one real ball (are synthetic
@@ -598,7 +625,8 @@ def knn_precision_recall(
         Real cells to fit the PCA on, independent of ``real`` and ``synthetic`` (for example a
         generator's training cells). None: fitted on both samples pooled, balanced.
     max_cells : int or None, default=2000
-        Each side is randomly subsampled to at most this many cells.
+        Both sides are randomly subsampled to ``min(n_real, n_synthetic, max_cells)`` cells,
+        so the k-NN radii of the two sides are comparable.
     random_state : int, RandomState instance or None, default=None
         Seed for subsampling.
 
@@ -758,7 +786,7 @@ def library_size_distance(real, synthetic):
     >>> library_size_distance(real, real)
     0.0
     >>> round(library_size_distance(real, 2 * real), 2)
-    0.62
+    0.59
     """
     real, synthetic = _check_pair(real, synthetic)
     _check_nonnegative(real, "real", "library_size_distance")
@@ -808,8 +836,7 @@ def distance_to_closest_record(train, query, *, n_components=30, random_state=No
     n_components = _check_positive_int(n_components, "n_components")
     mean, components = _fit_pca(train, n_components, random_state)
     zt, zq = _project(train, mean, components), _project(query, mean, components)
-    dist, _ = NearestNeighbors(n_neighbors=1).fit(zt).kneighbors(zq)
-    return dist[:, 0]
+    return _nearest_distance(zq, zt)
 
 
 def dcr_ratio(train, synthetic, holdout, *, n_components=30, random_state=None):
@@ -857,9 +884,9 @@ def dcr_ratio(train, synthetic, holdout, *, n_components=30, random_state=None):
         raise ValueError(f"`train` must have at least 2 cells (rows); got {train.shape[0]}.")
     n_components = _check_positive_int(n_components, "n_components")
     mean, components = _fit_pca(train, n_components, random_state)
-    nn = NearestNeighbors(n_neighbors=1).fit(_project(train, mean, components))
-    d_syn = np.median(nn.kneighbors(_project(synthetic, mean, components))[0])
-    d_hold = np.median(nn.kneighbors(_project(holdout, mean, components))[0])
+    zt = _project(train, mean, components)
+    d_syn = np.median(_nearest_distance(_project(synthetic, mean, components), zt))
+    d_hold = np.median(_nearest_distance(_project(holdout, mean, components), zt))
     if d_hold == 0:
         return float("nan")
     return float(d_syn / d_hold)
@@ -875,7 +902,8 @@ def evaluate(real, synthetic, *, counts=True, train=None, n_components=30, k=5, 
     the cells used for tuning). With ``counts=True`` the embedding metrics and gene statistics
     run on :func:`normalize_log1p` of the inputs and the library-size distance on the raw counts;
     with ``counts=False`` the inputs are taken as already log-normalised and the library-size
-    distance is left out.
+    distance is left out. The embedding metrics use their default PCA (pooled, balanced), so
+    scores are comparable whether or not ``train`` is given.
 
     Parameters
     ----------

@@ -47,14 +47,15 @@ class SCLD(BaseEstimator):
         Latent dimension of a new autoencoder.
     ae_hidden : tuple of int, default=(256, 128)
         Hidden widths of a new autoencoder.
-    width, depth : int, default=256, 3
+    width, depth : int, default=128, 3
         Width and number of residual blocks of the denoiser.
     max_epochs : int or None, default=None
         Caps the epochs of every training stage (an epoch of the diffusion and classifier stages
         is as many class-balanced minibatches as one pass over the cells takes). ``None`` uses
         the tuned defaults.
     diffusion_steps : int or None, default=None
-        Optimiser steps for the denoiser; ``None`` scales with the number of cells (4000 for 1000).
+        Optimiser steps for the denoiser (the latent classifier gets half as many); ``None``
+        scales with the number of cells (3000 for 1000 cells, 4500 for 10000).
     batch_size : int, default=256
     learning_rate : float, default=1e-3
     label_dropout : float, default=0.15
@@ -112,7 +113,7 @@ class SCLD(BaseEstimator):
     (5, 50)
     """
 
-    def __init__(self, *, autoencoder=None, n_latent=16, ae_hidden=(256, 128), width=256, depth=3,
+    def __init__(self, *, autoencoder=None, n_latent=16, ae_hidden=(256, 128), width=128, depth=3,
                  max_epochs=None, diffusion_steps=None, batch_size=256, learning_rate=1e-3,
                  label_dropout=0.15, guidance_scale=2.0, classifier_scale=1.0, screening=True,
                  screening_threshold=0.5, screening_quantile=0.9, screening_tolerance=1.0,
@@ -254,7 +255,7 @@ class SCLD(BaseEstimator):
         self.latents_ = Zs
 
         rng = np.random.default_rng(seed + 1)
-        n_steps = self.diffusion_steps or _default_steps(X.shape[0], 4000)
+        n_steps = self.diffusion_steps or _default_steps(X.shape[0], 3000)
         steps_per_epoch = max(1, int(np.ceil(X.shape[0] / self.batch_size)))
         if self.max_epochs is not None:
             n_steps = min(n_steps, self.max_epochs * steps_per_epoch)
@@ -262,7 +263,8 @@ class SCLD(BaseEstimator):
         Zt = torch.as_tensor(Zs, device=device)
         yt = torch.as_tensor(codes, device=device)
         null = n_classes if self.classes_ is not None else 0
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), \
+                _utils.flush_denormal():
             torch.manual_seed(seed + 1)
             denoiser = Denoiser(Zs.shape[1], n_classes, int(self.width), int(self.depth)).to(device)
 
@@ -412,6 +414,10 @@ class SCLD(BaseEstimator):
         opts = dict(guidance_scale=float(guidance_scale), classifier_scale=float(classifier_scale),
                     n_sample_steps=int(steps), sampler=sampler, batch_size=int(batch_size))
 
+        with _utils.flush_denormal():
+            return self._sample(plan, screening, opts, rng, gen)
+
+    def _sample(self, plan, screening, opts, rng, gen):
         report, blocks_z, blocks_y = {}, [], []
         bar = tqdm(total=sum(k for _, k in plan), desc="sampling", disable=not self.verbose,
                    leave=False)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .denoiser import ResidualBlock, TimeEmbedding
+from .denoiser import ResidualBlock, TimeEmbedding, unique_conditions
 
 
 class LatentClassifier(nn.Module):
@@ -19,8 +19,9 @@ class LatentClassifier(nn.Module):
         self.out = nn.Sequential(nn.LayerNorm(width), nn.SiLU(), nn.Linear(width, n_classes))
 
     def forward(self, z_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        c = torch.nn.functional.silu(self.time(t))
+        c, inverse = unique_conditions(t)
+        c = torch.nn.functional.silu(self.time(c[:, 0]))
         h = self.inp(z_t)
         for block in self.blocks:
-            h = block(h, c)
+            h = block(h, c, inverse)
         return self.out(h)

@@ -1,0 +1,354 @@
+"""Tests for scaug.metrics on simulated counts with known answers."""
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+from threadpoolctl import threadpool_limits
+
+from scaug import metrics
+from scaug.metrics import (
+    c2st_auc,
+    dcr_ratio,
+    distance_to_closest_record,
+    energy_distance,
+    evaluate,
+    gene_mean_correlation,
+    gene_variance_correlation,
+    knn_precision_recall,
+    library_size_distance,
+    mmd_rbf,
+    normalize_log1p,
+    pca_embed,
+    zero_fraction_error,
+)
+
+N_CELLS, N_GENES = 300, 200
+
+
+@pytest.fixture(autouse=True)
+def _single_blas_thread():
+    # Tiny matrices: BLAS threads only add contention on a busy test machine.
+    with threadpool_limits(limits=1):
+        yield
+
+
+def _nb_counts(rng, mu, n_cells, r=2.0):
+    return rng.negative_binomial(r, r / (r + mu), size=(n_cells, mu.size)).astype(float)
+
+
+@pytest.fixture(scope="module")
+def data():
+    """Counts and log-normalised values of a real population and four kinds of synthetic cells."""
+    rng = np.random.default_rng(1)
+    mu = rng.gamma(0.6, 3.0, size=N_GENES)
+    shifted_mu = mu.copy()
+    shifted_mu[: N_GENES // 5] *= 3.0  # a fifth of the genes up threefold
+    counts = {
+        "real": _nb_counts(rng, mu, N_CELLS),
+        "fresh": _nb_counts(rng, mu, N_CELLS),  # same distribution
+        "holdout": _nb_counts(rng, mu, N_CELLS),
+        "shifted": _nb_counts(rng, shifted_mu, N_CELLS),
+    }
+    log = {name: normalize_log1p(x) for name, x in counts.items()}
+    # collapsed: a sample of the right population with its spread around the mean cut to 30 %
+    other = normalize_log1p(_nb_counts(rng, mu, N_CELLS))
+    centre = other.mean(axis=0)
+    log["collapsed"] = centre + 0.3 * (other - centre)
+    return counts, log
+
+
+# ----------------------------------------------------------------------------------------------
+# known cases
+# ----------------------------------------------------------------------------------------------
+def test_same_distribution_scores_near_ideal(data):
+    counts, log = data
+    real, fresh = log["real"], log["fresh"]
+    assert c2st_auc(real, fresh, random_state=0) < 0.6
+    assert abs(mmd_rbf(real, fresh, random_state=0)) < 2e-3
+    assert abs(energy_distance(real, fresh, random_state=0)) < 0.1
+    precision, recall = knn_precision_recall(real, fresh, random_state=0)
+    assert precision > 0.75 and recall > 0.75
+    assert gene_mean_correlation(real, fresh) > 0.95
+    assert gene_variance_correlation(real, fresh) > 0.95
+    assert zero_fraction_error(counts["real"], counts["fresh"]) < 0.04
+    assert library_size_distance(counts["real"], counts["fresh"]) < 0.05
+
+
+def test_shifted_sample_scores_clearly_worse(data):
+    counts, log = data
+    real, fresh, shifted = log["real"], log["fresh"], log["shifted"]
+    assert c2st_auc(real, shifted, random_state=0) > 0.8
+    mmd_fresh = mmd_rbf(real, fresh, random_state=0)
+    mmd_shifted = mmd_rbf(real, shifted, random_state=0)
+    assert mmd_shifted > 0.01 and mmd_shifted > 10 * abs(mmd_fresh)
+    assert energy_distance(real, shifted, random_state=0) > 10 * abs(
+        energy_distance(real, fresh, random_state=0)
+    )
+    assert gene_mean_correlation(real, shifted) < gene_mean_correlation(real, fresh)
+    precision, recall = knn_precision_recall(real, shifted, random_state=0)
+    assert recall < 0.5
+    assert library_size_distance(counts["real"], counts["shifted"]) > 0.2
+
+
+def test_collapsed_sample_scores_clearly_worse(data):
+    _, log = data
+    real, collapsed = log["real"], log["collapsed"]
+    # same mean, too little spread: the default classifier must still see it
+    assert c2st_auc(real, collapsed, random_state=0) > 0.8
+    precision, recall = knn_precision_recall(real, collapsed, random_state=0)
+    assert precision > 0.9  # each synthetic cell looks plausible ...
+    assert recall < 0.3  # ... but the variety of real cells is not covered
+    assert mmd_rbf(real, collapsed, random_state=0) > 0.01
+
+
+def test_logistic_classifier_misses_collapse_but_default_does_not(data):
+    _, log = data
+    real, collapsed = log["real"], log["collapsed"]
+    assert c2st_auc(real, collapsed, classifier="logistic", random_state=0) < 0.75
+    assert c2st_auc(real, collapsed, random_state=0) > 0.8
+
+
+def test_copies_of_training_cells_are_flagged_by_dcr(data):
+    _, log = data
+    train, holdout = log["real"], log["holdout"]
+    copies = train[:150]
+    assert dcr_ratio(train, copies, holdout) == 0.0
+    assert np.all(distance_to_closest_record(train, copies) < 1e-8)
+    assert 0.8 < dcr_ratio(train, log["fresh"], holdout) < 1.25
+    # nearly-copies (copies plus a little noise) are flagged too
+    noisy = copies + np.random.default_rng(0).normal(scale=0.05, size=copies.shape)
+    assert dcr_ratio(train, noisy, holdout) < 0.5
+
+
+def test_naive_real_only_pca_is_biased_but_default_is_not():
+    # 200 cells of 500 independent noisy genes: fitting the PCA on `real` alone makes a second
+    # sample of the same distribution look different; the default pooled PCA does not.
+    rng = np.random.default_rng(0)
+    real, fresh = rng.normal(size=(200, 500)), rng.normal(size=(200, 500))
+    assert c2st_auc(real, fresh, reference=real, random_state=0) > 0.8
+    assert c2st_auc(real, fresh, random_state=0) < 0.65
+    # an independent real reference is unbiased too
+    reference = rng.normal(size=(200, 500))
+    assert c2st_auc(real, fresh, reference=reference, random_state=0) < 0.65
+
+
+# ----------------------------------------------------------------------------------------------
+# dense and sparse input
+# ----------------------------------------------------------------------------------------------
+PAIR_METRICS = [
+    ("c2st_auc", lambda a, b: c2st_auc(a, b, random_state=0)),
+    ("mmd_rbf", lambda a, b: mmd_rbf(a, b, random_state=0)),
+    ("energy_distance", lambda a, b: energy_distance(a, b, random_state=0)),
+    ("knn_precision_recall", lambda a, b: knn_precision_recall(a, b, random_state=0)),
+    ("gene_mean_correlation", gene_mean_correlation),
+    ("gene_variance_correlation", gene_variance_correlation),
+    ("zero_fraction_error", zero_fraction_error),
+    ("library_size_distance", library_size_distance),
+    ("distance_to_closest_record", distance_to_closest_record),
+    ("pca_embed", lambda a, b: pca_embed(a, b, n_components=10, random_state=0)),
+]
+
+
+@pytest.fixture(scope="module")
+def small_counts():
+    rng = np.random.default_rng(3)
+    mu = rng.gamma(0.5, 2.0, size=60)
+    return _nb_counts(rng, mu, 80), _nb_counts(rng, mu * 1.5, 70)
+
+
+@pytest.mark.parametrize("name, fn", PAIR_METRICS, ids=[name for name, _ in PAIR_METRICS])
+@pytest.mark.parametrize("fmt", ["csr", "csc"])
+def test_dense_and_sparse_agree(small_counts, name, fn, fmt):
+    real, synthetic = small_counts
+    expected = fn(real, synthetic)
+    got = fn(sp.csr_matrix(real).asformat(fmt), sp.csr_matrix(synthetic).asformat(fmt))
+    if not isinstance(expected, tuple):
+        expected, got = (expected,), (got,)
+    for e, g in zip(expected, got, strict=True):
+        np.testing.assert_allclose(g, e, rtol=1e-9, atol=1e-9)
+
+
+def test_normalize_log1p_dense_and_sparse_agree(small_counts):
+    real, _ = small_counts
+    dense = normalize_log1p(real)
+    sparse = normalize_log1p(sp.csr_matrix(real))
+    assert sp.issparse(sparse)
+    np.testing.assert_allclose(sparse.toarray(), dense, rtol=1e-12)
+    np.testing.assert_allclose(np.expm1(dense).sum(axis=1), 1e4)
+
+
+def test_evaluate_dense_and_sparse_agree(small_counts):
+    real, synthetic = small_counts
+    dense = evaluate(real, synthetic, train=real[:40], random_state=0)
+    sparse = evaluate(
+        sp.csr_matrix(real),
+        sp.csr_matrix(synthetic),
+        train=sp.csr_matrix(real[:40]),
+        random_state=0,
+    )
+    assert dense.keys() == sparse.keys()
+    for key in dense:
+        np.testing.assert_allclose(sparse[key], dense[key], rtol=1e-9, atol=1e-9, err_msg=key)
+
+
+def test_sparse_explicit_zeros_count_as_zeros():
+    real = np.array([[0.0, 1.0], [0.0, 2.0], [3.0, 0.0]])
+    synthetic = sp.csr_matrix(real)
+    synthetic.data[0] = 0.0  # an explicitly stored zero
+    dense_synthetic = synthetic.toarray()
+    assert zero_fraction_error(real, synthetic) == pytest.approx(
+        zero_fraction_error(real, dense_synthetic)
+    )
+    assert zero_fraction_error(real, synthetic) == pytest.approx(1 / 6)
+
+
+# ----------------------------------------------------------------------------------------------
+# evaluate
+# ----------------------------------------------------------------------------------------------
+def test_evaluate_keys_and_values(data):
+    counts, _ = data
+    scores = evaluate(counts["real"], counts["fresh"], train=counts["holdout"], random_state=0)
+    assert set(scores) == {
+        "c2st_auc",
+        "mmd_rbf",
+        "energy_distance",
+        "precision",
+        "recall",
+        "gene_mean_corr",
+        "gene_var_corr",
+        "zero_fraction_error",
+        "library_size_distance",
+        "dcr_ratio",
+    }
+    assert all(isinstance(v, float) for v in scores.values())
+    assert scores["c2st_auc"] < 0.6
+    assert 0.8 < scores["dcr_ratio"] < 1.25
+    # evaluate normalises counts itself: gene statistics are those of log-normalised values
+    log_real, log_fresh = normalize_log1p(counts["real"]), normalize_log1p(counts["fresh"])
+    assert scores["gene_var_corr"] == gene_variance_correlation(log_real, log_fresh)
+    assert scores["zero_fraction_error"] == zero_fraction_error(counts["real"], counts["fresh"])
+
+
+def test_evaluate_log_input_skips_library_size(data):
+    _, log = data
+    scores = evaluate(log["real"], log["collapsed"], counts=False, random_state=0)
+    assert "library_size_distance" not in scores and "dcr_ratio" not in scores
+    assert scores["c2st_auc"] > 0.8 and scores["recall"] < 0.3
+
+
+def test_deterministic_for_a_random_state(small_counts):
+    real, synthetic = small_counts
+    a = evaluate(real[:40], synthetic, train=real[40:], random_state=7)
+    b = evaluate(real[:40], synthetic, train=real[40:], random_state=7)
+    assert a == b
+    rs = np.random.RandomState(5)
+    assert c2st_auc(real, synthetic, random_state=rs) == c2st_auc(
+        real, synthetic, random_state=np.random.RandomState(5)
+    )
+
+
+def test_small_samples_work():
+    rng = np.random.default_rng(0)
+    real, synthetic = rng.poisson(3.0, size=(3, 10)), rng.poisson(3.0, size=(4, 10))
+    scores = evaluate(real, synthetic, random_state=0)
+    assert all(np.isfinite(v) for v in scores.values())
+    assert 0.0 <= scores["c2st_auc"] <= 1.0
+
+
+def test_pca_embed_fits_reference_and_clips_components():
+    rng = np.random.default_rng(0)
+    real, synthetic = rng.normal(size=(10, 50)), rng.normal(size=(12, 50))
+    zr, zs = pca_embed(real, synthetic, n_components=30)
+    assert zr.shape == (10, 19) and zs.shape == (12, 19)  # 20 pooled cells -> rank 19
+    zr, zs = pca_embed(real, synthetic, n_components=5, reference=real)
+    np.testing.assert_allclose(zr.mean(axis=0), 0.0, atol=1e-10)  # centred on the reference
+    assert zr.shape == (10, 5)
+
+
+def test_large_input_path_keeps_sparse_and_agrees(small_counts, monkeypatch):
+    # Above the size limit the PCA runs on the sparse matrix (ARPACK) instead of a dense copy.
+    real, synthetic = (normalize_log1p(x) for x in small_counts)
+    exact = energy_distance(real, synthetic, n_components=5, random_state=0)
+    monkeypatch.setattr(metrics, "_DENSE_PCA_MAX_ENTRIES", 0)
+    sparse = energy_distance(
+        sp.csr_matrix(real), sp.csr_matrix(synthetic), n_components=5, random_state=0
+    )
+    assert sparse == pytest.approx(exact, rel=1e-6)
+
+
+def test_gene_statistics_match_numpy(small_counts):
+    real, synthetic = small_counts
+    expected = np.corrcoef(np.log1p(real.var(axis=0)), np.log1p(synthetic.var(axis=0)))[0, 1]
+    assert gene_variance_correlation(sp.csr_matrix(real), synthetic) == pytest.approx(expected)
+    expected = np.corrcoef(real.mean(axis=0), synthetic.mean(axis=0))[0, 1]
+    assert gene_mean_correlation(real, synthetic, log=False) == pytest.approx(expected)
+
+
+def test_constant_statistics_give_nan():
+    x = np.ones((5, 4))
+    assert np.isnan(gene_mean_correlation(x, x))
+
+
+# ----------------------------------------------------------------------------------------------
+# bad input
+# ----------------------------------------------------------------------------------------------
+GOOD = np.ones((5, 4))
+
+
+@pytest.mark.parametrize(
+    "real, synthetic, match",
+    [
+        (GOOD, np.ones((5, 3)), r"`real` has 4 genes .* `synthetic` has 3"),
+        (np.ones(4), GOOD, r"`real` must be 2-D .* shape \(4,\)"),
+        (GOOD, np.ones((2, 2, 2)), r"`synthetic` must be 2-D"),
+        (GOOD, np.array([[np.nan] * 4] * 3), r"`synthetic` contains 12 NaN"),
+        (sp.csr_matrix(np.array([[np.inf, 0.0], [1.0, 1.0]])), np.ones((2, 2)), "NaN or inf"),
+        (np.ones((1, 4)), GOOD, r"`real` must have at least 2 cells"),
+        (np.array([["a", "b"], ["c", "d"]]), np.ones((2, 2)), "numeric"),
+        (None, GOOD, "`real` is None"),
+    ],
+)
+@pytest.mark.parametrize(
+    "fn", [c2st_auc, mmd_rbf, energy_distance, zero_fraction_error, gene_mean_correlation, evaluate]
+)
+def test_bad_input_raises_helpful_error(fn, real, synthetic, match):
+    with pytest.raises(ValueError, match=match):
+        fn(real, synthetic)
+
+
+def test_bad_options_raise_helpful_errors():
+    x = np.random.default_rng(0).poisson(2.0, size=(20, 6))
+    with pytest.raises(ValueError, match="`classifier` must be None, one of"):
+        c2st_auc(x, x, classifier="svm")
+    with pytest.raises(ValueError, match="`n_components` must be an integer >= 1"):
+        mmd_rbf(x, x, n_components=0)
+    with pytest.raises(ValueError, match="`bandwidths` must be a non-empty sequence"):
+        mmd_rbf(x, x, bandwidths=[1.0, -1.0])
+    with pytest.raises(ValueError, match=r"`k` \(25\) must be smaller than the number of real"):
+        knn_precision_recall(x, x, k=25)
+    with pytest.raises(ValueError, match="`synthetic` contains negative values"):
+        library_size_distance(x, -x)
+    with pytest.raises(ValueError, match="pass log=False"):
+        gene_mean_correlation(x - 10.0, x)
+    with pytest.raises(ValueError, match="`train` has 6 genes .* `holdout` has 5"):
+        dcr_ratio(x, x, x[:, :5])
+    with pytest.raises(ValueError, match="`reference` has 5 genes"):
+        pca_embed(x, x, reference=x[:, :5])
+
+
+def test_public_names():
+    assert set(metrics.__all__) == {
+        "c2st_auc",
+        "dcr_ratio",
+        "distance_to_closest_record",
+        "energy_distance",
+        "evaluate",
+        "gene_mean_correlation",
+        "gene_variance_correlation",
+        "knn_precision_recall",
+        "library_size_distance",
+        "mmd_rbf",
+        "normalize_log1p",
+        "pca_embed",
+        "zero_fraction_error",
+    }

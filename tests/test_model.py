@@ -1,0 +1,240 @@
+"""SCLD: shapes, counts, determinism, persistence, guidance and the bad-input errors."""
+
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+import torch
+from sklearn.neighbors import KNeighborsClassifier
+
+from scaug import SCLD, CellAutoencoder
+from scaug.datasets import simulate
+from scaug.preprocessing import NormalizeLog1p
+
+TINY = dict(n_latent=8, ae_hidden=(64, 32), width=64, depth=2, batch_size=128, verbose=False,
+            n_sample_steps=20, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def data():
+    ad = simulate(n_cells=500, n_genes=60, n_types=4, rare_sizes=(25,), fold_change=6.0,
+                  random_state=0)
+    return ad.X.tocsr(), ad.obs["cell_type"].astype(str).to_numpy()
+
+
+@pytest.fixture(scope="module")
+def autoencoder(data):
+    X, _ = data
+    return CellAutoencoder(n_latent=8, hidden=(64, 32), max_epochs=200, verbose=False,
+                           random_state=0, device="cpu").fit(X)
+
+
+@pytest.fixture(scope="module")
+def fitted(data, autoencoder):
+    X, y = data
+    # max_epochs would also cap the diffusion stage; the pretrained autoencoder keeps it short
+    return SCLD(autoencoder=autoencoder, diffusion_steps=1500, random_state=0, **TINY).fit(X, y)
+
+
+def test_sample_shapes_counts_and_labels(fitted):
+    X_syn, y_syn = fitted.sample({"type_3": 12, "type_0": 5}, random_state=1)
+    assert sp.issparse(X_syn) and X_syn.shape == (17, 60)
+    assert X_syn.dtype == np.float32
+    values = X_syn.data
+    assert np.all(values >= 0) and np.array_equal(values, np.round(values))
+    assert list(y_syn) == ["type_3"] * 12 + ["type_0"] * 5
+    assert list(fitted.classes_) == ["type_0", "type_1", "type_2", "type_3"]
+    rep = fitted.sampling_report_["type_3"]
+    assert rep["requested"] == 12 and 0 < rep["acceptance_rate"] <= 1
+
+
+def test_holistic_sampling_follows_training_proportions(fitted, data):
+    _, y = data
+    X_syn, y_syn = fitted.sample(2000, random_state=0, screening=False)
+    assert X_syn.shape[0] == 2000
+    share = pd.Series(y_syn).value_counts(normalize=True)
+    expected = pd.Series(y).value_counts(normalize=True)
+    assert np.allclose(share[expected.index], expected, atol=0.04)
+
+
+def test_library_sizes_come_from_the_target_type(fitted, data):
+    X, y = data
+    X_syn, _ = fitted.sample({"type_3": 200}, random_state=0, screening=False)
+    real = np.asarray(X[y == "type_3"].sum(1)).ravel()
+    syn = np.asarray(X_syn.sum(1)).ravel()
+    # NB totals scatter around the drawn library sizes; the medians must agree closely
+    assert abs(np.median(syn) / np.median(real) - 1) < 0.15
+
+
+def test_same_seed_same_cells_and_other_seed_differs(fitted):
+    a, _ = fitted.sample({"type_1": 20}, random_state=3)
+    b, _ = fitted.sample({"type_1": 20}, random_state=3)
+    c, _ = fitted.sample({"type_1": 20}, random_state=4)
+    assert (a != b).nnz == 0
+    assert (a != c).nnz > 0
+
+
+def test_dense_and_sparse_fits_are_identical(data):
+    X, y = data
+    kw = dict(max_epochs=2, diffusion_steps=30, random_state=7, **TINY)
+    a, _ = SCLD(**kw).fit(X, y).sample({"type_2": 10}, random_state=0)
+    b, _ = SCLD(**kw).fit(X.toarray(), y).sample({"type_2": 10}, random_state=0)
+    assert isinstance(b, np.ndarray)
+    np.testing.assert_array_equal(a.toarray(), b)
+
+
+def test_guided_cells_are_recognised_as_their_type(fitted, data):
+    X, y = data
+    norm = NormalizeLog1p().fit(X)
+    X_log = norm.transform(X).toarray()
+    knn = KNeighborsClassifier(15).fit(X_log[::2], y[::2])
+    real_acc = knn.score(X_log[1::2], y[1::2])  # how well real cells of the types are recognised
+    request = {t: 100 for t in fitted.classes_}
+    acc = {}
+    for w in (0.0, 1.0, 3.0):
+        Xs, ys = fitted.sample(request, random_state=0, guidance_scale=w, classifier_scale=0.0,
+                               screening=False)
+        acc[w] = np.mean(knn.predict(norm.transform(Xs).toarray()) == ys)
+    assert acc[1.0] > 0.75 * real_acc, (acc, real_acc)
+    assert acc[3.0] >= acc[1.0] - 0.02, acc
+    assert acc[3.0] > acc[0.0] + 0.3, acc  # w = 0 ignores the label
+
+
+def test_post_guidance_paths_run_and_change_the_output(fitted):
+    base = dict(random_state=0, guidance_scale=1.0)
+    plain, _ = fitted.sample({"type_3": 30}, classifier_scale=0.0, screening=False, **base)
+    clf, _ = fitted.sample({"type_3": 30}, classifier_scale=5.0, screening=False, **base)
+    screened, _ = fitted.sample({"type_3": 30}, classifier_scale=0.0, screening=True, **base)
+    assert (plain != clf).nnz > 0
+    assert (plain != screened).nnz > 0
+    rep = fitted.sampling_report_["type_3"]
+    assert rep["drawn"] >= 30 and rep["accepted"] <= 30
+
+
+def test_ancestral_sampler_runs(fitted):
+    Xs, _ = fitted.sample({"type_0": 8}, sampler="ancestral", screening=False, random_state=0)
+    assert Xs.shape == (8, 60)
+
+
+def test_save_load_round_trip(fitted, tmp_path):
+    path = tmp_path / "model.pt"
+    fitted.save(path)
+    loaded = SCLD.load(path, device="cpu")
+    a, ya = fitted.sample({"type_3": 15}, random_state=5)
+    b, yb = loaded.sample({"type_3": 15}, random_state=5)
+    np.testing.assert_array_equal(a.toarray(), b.toarray())
+    assert list(ya) == list(yb)
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        fitted.save(path)
+    fitted.save(path, overwrite=True)
+    assert [p.name for p in tmp_path.iterdir()] == ["model.pt"]  # no temporary file left
+
+
+def test_load_refuses_other_files(fitted, tmp_path):
+    ae_path = tmp_path / "ae.pt"
+    fitted.autoencoder_.save(ae_path)
+    with pytest.raises(ValueError, match="holds a CellAutoencoder"):
+        SCLD.load(ae_path)
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a model")
+    with pytest.raises(ValueError, match="not a scaug model file"):
+        SCLD.load(junk)
+    state = torch.load(ae_path, weights_only=True)
+    state["format_version"] = 999
+    torch.save(state, ae_path)
+    with pytest.raises(ValueError, match="format 999"):
+        CellAutoencoder.load(ae_path)
+
+
+def test_gene_mismatch_is_refused(fitted, data):
+    X, _ = data
+    with pytest.raises(ValueError, match="59 genes"):
+        fitted.check_genes(X[:, :59])
+    genes = [f"g{i}" for i in range(60)]
+    df = pd.DataFrame(X[:50].toarray(), columns=genes)
+    y = np.repeat(["a", "b"], 25)
+    model = SCLD(max_epochs=1, diffusion_steps=5, random_state=0, **TINY).fit(df, y)
+    model.check_genes(df)
+    with pytest.raises(ValueError, match="gene names differ"):
+        model.check_genes(df[genes[::-1]])
+
+
+def test_pretrained_autoencoder_is_reused_and_not_retrained(data, autoencoder, tmp_path):
+    X, y = data
+    ae = autoencoder  # pretrained without labels
+    before = {k: v.clone() for k, v in ae.module_.state_dict().items()}
+    path = tmp_path / "ae.pt"
+    ae.save(path)
+    for given in (ae, str(path)):
+        model = SCLD(autoencoder=given, max_epochs=1, diffusion_steps=20, random_state=0,
+                     **TINY).fit(X, y)
+        np.testing.assert_array_equal(model.autoencoder_.transform(X[:20]), ae.transform(X[:20]))
+    for k, v in ae.module_.state_dict().items():
+        assert torch.equal(v, before[k])
+    with pytest.raises(ValueError, match="genes"):
+        SCLD(autoencoder=ae, **TINY).fit(X[:, :30], y)
+
+
+def test_continuous_input_gives_continuous_output(data):
+    X, y = data
+    X_log = NormalizeLog1p().fit_transform(X).toarray()
+    model = SCLD(max_epochs=3, diffusion_steps=30, random_state=0, **TINY).fit(X_log, y)
+    assert not model.counts_
+    Xs, _ = model.sample({"type_0": 10}, random_state=0, screening=False)
+    assert isinstance(Xs, np.ndarray) and Xs.shape == (10, 60)
+    assert not np.array_equal(Xs, np.round(Xs)) and Xs.min() >= 0
+
+
+def test_unlabelled_fit_allows_only_holistic_sampling(data):
+    X, _ = data
+    model = SCLD(max_epochs=1, diffusion_steps=10, random_state=0, **TINY).fit(X)
+    Xs, ys = model.sample(7, random_state=0)
+    assert Xs.shape == (7, 60) and ys is None
+    with pytest.raises(ValueError, match="without labels"):
+        model.sample({"type_0": 3})
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [({"guidance_scale": -1}, "guidance_scale"), ({"n_sample_steps": 0}, "n_sample_steps"),
+     ({"sampler": "euler"}, "sampler"), ({"screening_threshold": 1.5}, "screening_threshold")],
+)
+def test_bad_sampling_options(fitted, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        fitted.sample({"type_0": 1}, **kwargs)
+
+
+def test_bad_requests(fitted):
+    with pytest.raises(ValueError, match="Unknown cell type 'nope'"):
+        fitted.sample({"nope": 3})
+    with pytest.raises(ValueError, match="int >= 0"):
+        fitted.sample({"type_0": -1})
+    with pytest.raises(ValueError, match="mapping"):
+        fitted.sample(2.5)
+
+
+@pytest.mark.parametrize(
+    ("X", "y", "match"),
+    [(np.array([[1.0, np.nan], [1.0, 2.0]]), None, "NaN"),
+     (np.ones(5), None, "2-D"),
+     (np.ones((3, 4)), [0, 1], "one label per cell"),
+     (np.ones((2, 4)), [None, "a"], "missing labels")],
+)
+def test_bad_fit_input(X, y, match):
+    with pytest.raises(ValueError, match=match):
+        SCLD(**TINY).fit(X, y)
+
+
+@pytest.mark.parametrize(("param", "value"), [("max_epochs", 0), ("label_dropout", 1.0),
+                                              ("device", "tpu"), ("n_latent", 2.5)])
+def test_bad_parameters_fail_before_work(data, param, value):
+    X, y = data
+    with pytest.raises(ValueError, match=param if param != "device" else "device"):
+        SCLD(**{**TINY, param: value}).fit(X, y)
+
+
+def test_unsampled_model_is_not_fitted():
+    from sklearn.exceptions import NotFittedError
+
+    with pytest.raises(NotFittedError):
+        SCLD().sample(3)
