@@ -219,7 +219,8 @@ class CellAutoencoder(TransformerMixin, BaseEstimator):
         names = getattr(self, "feature_names_in_", None)
         state = {
             "params": {k: (list(v) if isinstance(v, tuple) else v)
-                       for k, v in self.get_params().items() if k not in ("device", "random_state")},
+                       for k, v in self.get_params(deep=False).items()
+                       if k not in ("device", "random_state")},
             "likelihood": self.likelihood_,
             "n_features_in": int(self.n_features_in_),
             "feature_names_in": None if names is None else _utils.to_plain_list(names),

@@ -444,7 +444,7 @@ class SCLD(BaseEstimator):
         n_kept, drawn, rate = 0, 0, 0.5
         for _ in range(int(self.max_rounds)):
             need = k - n_kept
-            m = int(min(max(need / max(rate, 0.02), 16), 50 * need + 16))
+            m = int(min(max(need / max(rate, 0.02), 16), 10 * need + 64))
             Zc = self._draw_latents(code, m, gen, **opts)
             ok, score = self._screen(code, Zc)
             drawn += m
@@ -460,7 +460,7 @@ class SCLD(BaseEstimator):
             pool = np.concatenate(pool)
             best = np.argsort(np.concatenate(pool_score), kind="stable")[: k - n_kept]
             kept.append(pool[best])
-            label = self.classes_[code] if self.classes_ is not None else "cells"
+            label = _key(self.classes_[code]) if self.classes_ is not None else "cells"
             warnings.warn(
                 f"Screening accepted {n_kept} of {drawn} candidates for {label!r} in "
                 f"{self.max_rounds} rounds; the remaining {k - n_kept} are the closest rejected "
@@ -508,7 +508,7 @@ class SCLD(BaseEstimator):
         """Write the fitted model (autoencoder included) to one versioned file, atomically."""
         check_is_fitted(self, "denoiser_")
         names = getattr(self, "feature_names_in_", None)
-        params = {k: v for k, v in self.get_params().items()
+        params = {k: v for k, v in self.get_params(deep=False).items()
                   if k not in ("autoencoder", "device", "random_state")}
         params["ae_hidden"] = list(params["ae_hidden"])
         state = {

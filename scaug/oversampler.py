@@ -166,8 +166,12 @@ class SCLDOverSampler(BaseOverSampler):
     >>> X, y = adata.X, adata.obs["cell_type"].to_numpy()
     >>> sorted(Counter(y).items())
     [('type_0', 93), ('type_1', 92), ('type_2', 15)]
-    >>> sampler = SCLDOverSampler(sampling_strategy={"type_2": 60}, max_epochs=2,
-    ...                           n_sample_steps=5, screening=False, random_state=0)
+
+    Small settings keep this example fast; leave them out (``SCLDOverSampler()``) for real use.
+
+    >>> small = dict(max_epochs=2, n_sample_steps=5, screening=False, random_state=0,
+    ...              scld_params={"n_latent": 4, "ae_hidden": (32,), "width": 32, "depth": 1})
+    >>> sampler = SCLDOverSampler(sampling_strategy={"type_2": 60}, **small)
     >>> X_res, y_res = sampler.fit_resample(X, y)
     >>> sorted(Counter(y_res).items())
     [('type_0', 93), ('type_1', 92), ('type_2', 60)]
@@ -181,8 +185,8 @@ class SCLDOverSampler(BaseOverSampler):
     >>> from sklearn.preprocessing import LabelEncoder
     >>> from scaug.preprocessing import NormalizeLog1p
     >>> y_enc = LabelEncoder().fit_transform(y)
-    >>> pipe = Pipeline([("aug", SCLDOverSampler(max_epochs=2, n_sample_steps=5, random_state=0)),
-    ...                  ("norm", NormalizeLog1p()), ("clf", LogisticRegression())])
+    >>> pipe = Pipeline([("aug", SCLDOverSampler(**small)), ("norm", NormalizeLog1p()),
+    ...                  ("clf", LogisticRegression(max_iter=1000))])
     >>> pipe.fit(X, y_enc).predict(X[:3]).shape
     (3,)
     """

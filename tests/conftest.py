@@ -17,3 +17,14 @@ def data_dir():
             f"{DATA_DIR_ENV} is not set; point it at the shared data folder to run this test"
         )
     return Path(value)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _one_torch_thread():
+    """Tiny test models run fastest on one thread, and a busy machine slows many threads badly."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
