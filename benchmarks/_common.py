@@ -9,16 +9,19 @@ import subprocess
 import numpy as np
 import scanpy as sc
 import scipy.sparse as sp
+import torch
 from sklearn.model_selection import train_test_split
 
 from scaug import datasets
+
+# Small MLPs gain little from a second thread, and torch's threads slow down badly when the other
+# core is busy (data loading, a second job); one thread gives steadier timings on a 2-core laptop.
+torch.set_num_threads(int(os.environ.get("SCAUG_BENCH_THREADS", "1")))
 
 DOCS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs")
 
 
 def machine() -> str:
-    import torch
-
     try:
         cpu = subprocess.run(["sh", "-c", "grep -m1 'model name' /proc/cpuinfo"],
                              capture_output=True, text=True).stdout.split(":")[-1].strip()
@@ -26,7 +29,8 @@ def machine() -> str:
         cpu = platform.processor()
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
     return (f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPU cores ({cpu}), {gpu}; "
-            f"Python {platform.python_version()}, torch {torch.__version__}")
+            f"Python {platform.python_version()}, torch {torch.__version__} "
+            f"({torch.get_num_threads()} thread(s))")
 
 
 def load_counts(name: str, n_top_genes: int = 2000):

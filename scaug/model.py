@@ -99,7 +99,8 @@ class SCLD(BaseEstimator):
     feature_names_in_ : ndarray of str
         Only when fitted on a DataFrame with string columns.
     sampling_report_ : dict
-        Set by :meth:`sample`: per type, candidates drawn, accepted and the acceptance rate.
+        Set by :meth:`sample`: per type, cells requested, candidates drawn, candidates that
+        passed screening (`accepted`) and the acceptance rate.
 
     Examples
     --------
@@ -441,21 +442,22 @@ class SCLD(BaseEstimator):
 
     def _screened_latents(self, code, k, gen, opts):
         kept, pool, pool_score = [], [], []
-        n_kept, drawn, rate = 0, 0, 0.5
+        n_kept, n_passed, drawn, rate = 0, 0, 0, 0.5
         for _ in range(int(self.max_rounds)):
             need = k - n_kept
             m = int(min(max(need / max(rate, 0.02), 16), 10 * need + 64))
             Zc = self._draw_latents(code, m, gen, **opts)
             ok, score = self._screen(code, Zc)
             drawn += m
+            n_passed += int(ok.sum())
             kept.append(Zc[ok][:need])
             n_kept += min(int(ok.sum()), need)
             pool.append(Zc[~ok])
             pool_score.append(score[~ok])
-            rate = max(n_kept, 1) / drawn
+            rate = max(n_passed, 1) / drawn
             if n_kept >= k:
                 break
-        accepted = n_kept
+        accepted = n_passed
         if n_kept < k:  # bounded effort: fill the quota with the best of the rejected latents
             pool = np.concatenate(pool)
             best = np.argsort(np.concatenate(pool_score), kind="stable")[: k - n_kept]

@@ -108,7 +108,7 @@ def test_post_guidance_paths_run_and_change_the_output(fitted):
     assert (plain != clf).nnz > 0
     assert (plain != screened).nnz > 0
     rep = fitted.sampling_report_["type_3"]
-    assert rep["drawn"] >= 30 and rep["accepted"] <= 30
+    assert rep["drawn"] >= 30 and rep["accepted"] <= rep["drawn"]
 
 
 def test_ancestral_sampler_runs(fitted):
