@@ -10,7 +10,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from . import _utils
 from .nn import AutoencoderModule
-from .train import run_epochs
+from .train import balanced_indices, run_epochs
 
 #: counts are normalised to this many per cell before log1p, for the encoder's input
 TARGET_SUM = 1e4
@@ -47,6 +47,9 @@ class CellAutoencoder(TransformerMixin, BaseEstimator):
         Standard deviation of the noise added to latents during training, together with a
         standard-normal prior penalty: it makes the decoder smooth around real latents, which is
         where the diffusion model's samples land.
+    class_balance : float, default=0.5
+        Only used when :meth:`fit` gets labels: class ``c`` is drawn with probability
+        ~ ``n_c ** class_balance`` (0: every type equally often, 1: every cell equally often).
     device : {"auto", "cpu", "cuda", "cuda:N"} or torch.device, default="auto"
     random_state : int, RandomState instance or None, default=None
     verbose : bool, default=True
@@ -73,8 +76,8 @@ class CellAutoencoder(TransformerMixin, BaseEstimator):
     """
 
     def __init__(self, *, n_latent=16, hidden=(256, 128), likelihood="auto", max_epochs=None,
-                 batch_size=128, learning_rate=1e-3, latent_noise=0.1, device="auto",
-                 random_state=None, verbose=True):
+                 batch_size=128, learning_rate=1e-3, latent_noise=0.1, class_balance=0.5,
+                 device="auto", random_state=None, verbose=True):
         self.n_latent = n_latent
         self.hidden = hidden
         self.likelihood = likelihood
@@ -82,6 +85,7 @@ class CellAutoencoder(TransformerMixin, BaseEstimator):
         self.batch_size = batch_size
         self.learning_rate = learning_rate
         self.latent_noise = latent_noise
+        self.class_balance = class_balance
         self.device = device
         self.random_state = random_state
         self.verbose = verbose
@@ -126,7 +130,12 @@ class CellAutoencoder(TransformerMixin, BaseEstimator):
 
     # -- fit / transform -----------------------------------------------------------------------
     def fit(self, X, y=None):
-        """Train on cells ``X`` (cells x genes, dense or sparse); labels are not used."""
+        """Train on cells ``X`` (cells x genes, dense or sparse).
+
+        Labels are optional and never enter the model: when ``y`` is given, minibatches are
+        drawn with class probabilities ~ ``n_c ** class_balance`` so that rare types, which a
+        plain pass would barely show the decoder, are reconstructed well.
+        """
         device = self._check_params()
         names = _utils.feature_names(X)
         X = _utils.check_matrix(X, min_rows=2)
@@ -146,6 +155,14 @@ class CellAutoencoder(TransformerMixin, BaseEstimator):
         self._fit_stats(X)
         seed = _utils.seed_from(self.random_state)
         rng = np.random.default_rng(seed)
+        draw = None
+        if y is not None:
+            y = np.asarray(y.to_numpy() if hasattr(y, "to_numpy") else y)
+            if y.shape != (X.shape[0],):
+                raise ValueError(f"y must be 1-D with one label per cell of X ({X.shape[0]}); got "
+                                 f"shape {y.shape}.")
+            codes = np.unique(y, return_inverse=True)[1]
+            draw = lambda size: balanced_indices(codes, size, rng, self.class_balance)  # noqa: E731
         n_epochs = self.max_epochs or _default_epochs(X.shape[0], self.batch_size)
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), \
                 _utils.flush_denormal():
@@ -157,7 +174,7 @@ class CellAutoencoder(TransformerMixin, BaseEstimator):
             self.history_ = run_epochs(
                 lambda idx: self._loss(X, idx), self.module_.parameters(), n_obs=X.shape[0],
                 n_epochs=n_epochs, batch_size=int(self.batch_size), lr=self.learning_rate,
-                rng=rng, desc="autoencoder", verbose=self.verbose,
+                rng=rng, desc="autoencoder", verbose=self.verbose, draw=draw,
             )
         self.module_.eval()
         return self

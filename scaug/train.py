@@ -30,15 +30,21 @@ class EMA:
             ema_p.lerp_(p.detach(), 1 - self.decay)
 
 
-def balanced_indices(y: np.ndarray, batch_size: int, rng: np.random.Generator) -> np.ndarray:
-    """Indices of a minibatch in which every class is equally likely.
+def balanced_indices(y: np.ndarray, batch_size: int, rng: np.random.Generator,
+                     power: float = 0.0) -> np.ndarray:
+    """Indices of a minibatch in which class ``c`` is drawn with probability ~ ``n_c ** power``.
 
-    Rare types are otherwise almost never seen by the denoiser and the classifier; drawing the
-    class first, then a cell of that class, makes a 10-cell type as present as a 2000-cell one.
+    ``power=0`` makes every class equally likely: rare types are otherwise almost never seen;
+    drawing the class first, then a cell of that class, makes a 10-cell type as present as a
+    2000-cell one. ``power=1`` is plain uniform sampling of cells.
     """
     order = np.argsort(y, kind="stable")
     classes, starts, counts = np.unique(y[order], return_index=True, return_counts=True)
-    cls = rng.integers(len(classes), size=batch_size)
+    if power == 0.0:
+        cls = rng.integers(len(classes), size=batch_size)
+    else:
+        p = counts.astype(np.float64) ** power
+        cls = rng.choice(len(classes), size=batch_size, p=p / p.sum())
     return order[starts[cls] + (rng.random(batch_size) * counts[cls]).astype(np.int64)]
 
 
@@ -53,17 +59,23 @@ def run_epochs(
     rng: np.random.Generator,
     desc: str,
     verbose: bool,
+    draw: Callable[[int], np.ndarray] | None = None,
 ) -> list[float]:
-    """Shuffled passes over ``n_obs`` rows; ``step(idx)`` returns the loss of one minibatch."""
+    """Passes over ``n_obs`` rows; ``step(idx)`` returns the loss of one minibatch.
+
+    Each epoch is a shuffled pass, or, with ``draw(batch_size) -> indices``, as many drawn
+    minibatches as a pass would take (for class-balanced sampling).
+    """
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, n_epochs))
     history = []
     bar = tqdm(range(n_epochs), desc=desc, disable=not verbose, leave=False)
     for _ in bar:
-        perm = rng.permutation(n_obs)
+        perm = rng.permutation(n_obs) if draw is None else None
         total, count = 0.0, 0
         for start in range(0, n_obs, batch_size):
-            idx = np.sort(perm[start:start + batch_size])  # sorted rows slice sparse faster
+            rows = perm[start:start + batch_size] if draw is None else draw(batch_size)
+            idx = np.sort(rows)  # sorted rows slice sparse faster
             loss = step(idx)
             opt.zero_grad(set_to_none=True)
             loss.backward()
