@@ -1,0 +1,49 @@
+"""CellAutoencoder on its own: fit with and without labels, determinism, balanced minibatches."""
+
+import numpy as np
+import pytest
+
+from scaug import CellAutoencoder
+from scaug.datasets import simulate
+from scaug.train import balanced_indices
+
+KW = dict(n_latent=4, hidden=(32,), max_epochs=3, verbose=False, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def data():
+    ad = simulate(n_cells=300, n_genes=40, n_types=3, rare_sizes=(10,), random_state=1)
+    return ad.X, ad.obs["cell_type"].astype(str).to_numpy()
+
+
+def test_fit_transform_and_determinism(data):
+    X, _ = data
+    a = CellAutoencoder(random_state=0, **KW).fit(X).transform(X)
+    b = CellAutoencoder(random_state=0, **KW).fit(X.toarray()).transform(X)
+    assert a.shape == (300, 4) and a.dtype == np.float32
+    np.testing.assert_array_equal(a, b)
+
+
+def test_labels_only_change_the_minibatches(data):
+    X, y = data
+    plain = CellAutoencoder(random_state=0, **KW).fit(X)
+    balanced = CellAutoencoder(random_state=0, class_balance=0.0, **KW).fit(X, y)
+    assert balanced.likelihood_ == plain.likelihood_ == "nb"
+    assert not np.array_equal(plain.transform(X), balanced.transform(X))
+    with pytest.raises(ValueError, match="one label per cell"):
+        CellAutoencoder(**KW).fit(X, y[:-1])
+
+
+def test_balanced_indices_draw_rare_classes_often():
+    y = np.array([0] * 990 + [1] * 10)
+    rng = np.random.default_rng(0)
+    equal = balanced_indices(y, 20000, rng, power=0.0)
+    assert abs(np.mean(y[equal] == 1) - 0.5) < 0.02
+    proportional = balanced_indices(y, 20000, rng, power=1.0)
+    assert abs(np.mean(y[proportional] == 1) - 0.01) < 0.005
+
+
+def test_nb_refuses_non_counts(data):
+    X, _ = data
+    with pytest.raises(ValueError, match="raw counts"):
+        CellAutoencoder(likelihood="nb", **KW).fit(X.toarray() + 0.5)
