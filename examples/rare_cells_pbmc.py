@@ -1,6 +1,6 @@
 """Synthesize rare PBMC cells with SCLD and add them to a classifier's training data.
 
-Run as is: ``python examples/rare_cells_pbmc.py`` (about a minute on a laptop CPU).
+Run as is: ``python examples/rare_cells_pbmc.py`` (one to two minutes on a 2-core laptop CPU).
 """
 
 import numpy as np
