@@ -194,8 +194,10 @@ class CellAutoencoder(TransformerMixin, BaseEstimator):
     def check_genes(self, X) -> None:
         """Raise a clear error if ``X``'s genes differ from those the autoencoder was trained on."""
         check_is_fitted(self, "module_")
-        _utils.check_genes(np.shape(X)[1] if np.ndim(X) == 2 or sp.issparse(X) else -1,
-                           _utils.feature_names(X), expected_n=self.n_features_in_,
+        shape = getattr(X, "shape", None) or np.shape(X)
+        if len(shape) != 2:
+            raise ValueError(f"X must be a 2-D cells x genes matrix; got shape {tuple(shape)}.")
+        _utils.check_genes(shape[1], _utils.feature_names(X), expected_n=self.n_features_in_,
                            expected_names=getattr(self, "feature_names_in_", None),
                            what="this autoencoder")
 

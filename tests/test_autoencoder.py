@@ -47,3 +47,19 @@ def test_nb_refuses_non_counts(data):
     X, _ = data
     with pytest.raises(ValueError, match="raw counts"):
         CellAutoencoder(likelihood="nb", **KW).fit(X.toarray() + 0.5)
+
+
+def test_dataframe_genes_pass_through_scld_with_a_pretrained_autoencoder(data):
+    import pandas as pd
+
+    from scaug import SCLD
+
+    X, y = data
+    genes = [f"g{i}" for i in range(X.shape[1])]
+    df = pd.DataFrame(X.toarray(), columns=genes)
+    ae = CellAutoencoder(random_state=0, **KW).fit(df)
+    model = SCLD(autoencoder=ae, diffusion_steps=5, width=16, depth=1, verbose=False,
+                 device="cpu", random_state=0).fit(df, y)
+    assert list(model.feature_names_in_) == genes
+    with pytest.raises(ValueError, match="gene names differ"):
+        SCLD(autoencoder=ae, diffusion_steps=5, verbose=False).fit(df[genes[::-1]], y)
