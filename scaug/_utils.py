@@ -129,6 +129,31 @@ def feature_names(X):
     return names
 
 
+class GeneSignature:
+    """Stands in for a matrix in ``check_genes`` when only its shape and gene names are known."""
+
+    def __init__(self, shape, names=None):
+        self.shape = tuple(shape)
+        if names is not None:
+            self.columns = names
+
+
+def plain_label(label):
+    """A label as a plain Python object, so numpy scalars and Python values compare and hash alike."""
+    return label.item() if isinstance(label, np.generic) else label
+
+
+def check_labels(y, n_cells: int) -> np.ndarray:
+    """One hashable label per cell, none missing; returned as a 1-D ndarray."""
+    y = np.asarray(y.to_numpy() if hasattr(y, "to_numpy") else y)
+    if y.ndim != 1 or len(y) != n_cells:
+        raise ValueError(f"y must be 1-D with one label per cell of X ({n_cells}); got shape {y.shape}.")
+    if (y.dtype.kind == "f" and np.isnan(y).any()) or (
+            y.dtype == object and any(v is None or v != v for v in y)):
+        raise ValueError("y contains missing labels (NaN/None); label every cell or drop it.")
+    return y
+
+
 def check_genes(n_features: int, names, *, expected_n: int, expected_names, what: str) -> None:
     """Refuse data whose genes differ from those a model was trained on."""
     if n_features != expected_n:
@@ -195,7 +220,7 @@ def checked_load(path, *, expected_class: str) -> dict:
 
 def to_plain_list(values) -> list:
     """Labels/names as plain Python objects so that torch.load(weights_only=True) can read them."""
-    return [v.item() if isinstance(v, np.generic) else v for v in np.asarray(values, dtype=object)]
+    return [plain_label(v) for v in np.asarray(values, dtype=object)]
 
 
 class flush_denormal:

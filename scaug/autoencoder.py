@@ -157,11 +157,7 @@ class CellAutoencoder(TransformerMixin, BaseEstimator):
         rng = np.random.default_rng(seed)
         draw = None
         if y is not None:
-            y = np.asarray(y.to_numpy() if hasattr(y, "to_numpy") else y)
-            if y.shape != (X.shape[0],):
-                raise ValueError(f"y must be 1-D with one label per cell of X ({X.shape[0]}); got "
-                                 f"shape {y.shape}.")
-            codes = np.unique(y, return_inverse=True)[1]
+            codes = np.unique(_utils.check_labels(y, X.shape[0]), return_inverse=True)[1]
             draw = lambda size: balanced_indices(codes, size, rng, self.class_balance)  # noqa: E731
         n_epochs = self.max_epochs or _default_epochs(X.shape[0], self.batch_size)
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), \

@@ -209,16 +209,10 @@ class SCLD(BaseEstimator):
         names = _utils.feature_names(X)
         X = _utils.check_matrix(X, min_rows=2)
         if y is not None:
-            y = np.asarray(y.to_numpy() if hasattr(y, "to_numpy") else y)
-            if y.ndim != 1 or len(y) != X.shape[0]:
-                raise ValueError(f"y must be 1-D with one label per cell of X ({X.shape[0]}); got "
-                                 f"shape {y.shape}.")
-            if y.dtype.kind == "f" and np.isnan(y).any() or (
-                    y.dtype == object and any(v is None for v in y)):
-                raise ValueError("y contains missing labels (NaN/None); label every cell or drop it.")
+            y = _utils.check_labels(y, X.shape[0])
         ae = self._get_autoencoder(device)
         if ae is not None:
-            ae.check_genes(X if names is None else _NamedShape(X.shape, names))
+            ae.check_genes(_utils.GeneSignature(X.shape, names))
         counts = _utils.is_count_matrix(X)
         if ae is not None and ae.likelihood_ == "nb" and not counts:
             raise ValueError("The given autoencoder models counts, but X is not integer counts.")
@@ -319,16 +313,16 @@ class SCLD(BaseEstimator):
             if self.classes_ is None:
                 raise ValueError("This SCLD was fitted without labels; ask for an int number of "
                                  "cells (holistic synthesis), or fit with y to synthesize types.")
-            lookup = {_key(c): i for i, c in enumerate(self.classes_)}
+            lookup = {_utils.plain_label(c): i for i, c in enumerate(self.classes_)}
             plan = []
             for label, count in n.items():
-                if _key(label) not in lookup:
+                if _utils.plain_label(label) not in lookup:
                     raise ValueError(f"Unknown cell type {label!r}; the model knows "
                                      f"{list(self.classes_)}.")
                 if not (isinstance(count, Integral) and not isinstance(count, bool) and count >= 0):
                     raise ValueError(f"The number of cells for {label!r} must be an int >= 0; got "
                                      f"{count!r}.")
-                plan.append((lookup[_key(label)], int(count)))
+                plan.append((lookup[_utils.plain_label(label)], int(count)))
             return plan
         if isinstance(n, Integral) and not isinstance(n, bool) and n >= 0:
             props = self.class_counts_ / self.class_counts_.sum()
@@ -358,7 +352,7 @@ class SCLD(BaseEstimator):
         return np.concatenate(out) if out else np.zeros((0, self.latents_.shape[1]), np.float32)
 
     @torch.no_grad()
-    def _screen(self, code, Zs):
+    def _screen(self, code, Zs, threshold):
         """Acceptance of latents for type ``code``, and a score (lower is better) for fallbacks."""
         dist = self._nn[code].kneighbors(Zs)[0][:, 0]
         ratio = dist / (self.screening_radius_[code] * self.screening_tolerance)
@@ -368,8 +362,8 @@ class SCLD(BaseEstimator):
             t = torch.zeros(len(Zs), device=self.device_, dtype=torch.long)
             prob = torch.softmax(self.classifier_(z, self.diffusion_.time_input(t)), -1)
             conf = prob[:, code].cpu().numpy()
-            ok &= conf >= self._threshold
-            ratio = ratio + (conf < self._threshold)
+            ok &= conf >= threshold
+            ratio = ratio + (conf < threshold)
         return ok, ratio
 
     def sample(self, n, *, random_state=None, guidance_scale=None, classifier_scale=None,
@@ -407,7 +401,6 @@ class SCLD(BaseEstimator):
         self._check_sampling_options(guidance_scale, classifier_scale, threshold, steps, sampler)
         if not (isinstance(batch_size, Integral) and batch_size >= 1):
             raise ValueError(f"batch_size must be a positive int; got {batch_size!r}.")
-        self._threshold = threshold
         seed = _utils.seed_from(self.random_state if random_state is None else random_state)
         rng = np.random.default_rng(seed)
         gen = _utils.cpu_generator(seed)
@@ -416,9 +409,9 @@ class SCLD(BaseEstimator):
                     n_sample_steps=int(steps), sampler=sampler, batch_size=int(batch_size))
 
         with _utils.flush_denormal():
-            return self._sample(plan, screening, opts, rng, gen)
+            return self._sample(plan, screening, threshold, opts, rng, gen)
 
-    def _sample(self, plan, screening, opts, rng, gen):
+    def _sample(self, plan, screening, threshold, opts, rng, gen):
         report, blocks_z, blocks_y = {}, [], []
         bar = tqdm(total=sum(k for _, k in plan), desc="sampling", disable=not self.verbose,
                    leave=False)
@@ -429,9 +422,9 @@ class SCLD(BaseEstimator):
                 Zc = self._draw_latents(code, k, gen, **opts)
                 drawn, accepted = k, k
             else:
-                Zc, drawn, accepted = self._screened_latents(code, k, gen, opts)
+                Zc, drawn, accepted = self._screened_latents(code, k, gen, threshold, opts)
             name = self.classes_[code] if self.classes_ is not None else None
-            report[_key(name)] = {"requested": k, "drawn": drawn, "accepted": accepted,
+            report[_utils.plain_label(name)] = {"requested": k, "drawn": drawn, "accepted": accepted,
                                   "acceptance_rate": accepted / drawn if drawn else float("nan")}
             blocks_z.append(Zc)
             blocks_y.append(np.full(k, code))
@@ -440,14 +433,14 @@ class SCLD(BaseEstimator):
         self.sampling_report_ = report
         return self._decode(blocks_z, blocks_y, rng, gen)
 
-    def _screened_latents(self, code, k, gen, opts):
+    def _screened_latents(self, code, k, gen, threshold, opts):
         kept, pool, pool_score = [], [], []
         n_kept, n_passed, drawn, rate = 0, 0, 0, 0.5
         for _ in range(int(self.max_rounds)):
             need = k - n_kept
             m = int(min(max(need / max(rate, 0.02), 16), 10 * need + 64))
             Zc = self._draw_latents(code, m, gen, **opts)
-            ok, score = self._screen(code, Zc)
+            ok, score = self._screen(code, Zc, threshold)
             drawn += m
             n_passed += int(ok.sum())
             kept.append(Zc[ok][:need])
@@ -462,7 +455,7 @@ class SCLD(BaseEstimator):
             pool = np.concatenate(pool)
             best = np.argsort(np.concatenate(pool_score), kind="stable")[: k - n_kept]
             kept.append(pool[best])
-            label = _key(self.classes_[code]) if self.classes_ is not None else "cells"
+            label = _utils.plain_label(self.classes_[code]) if self.classes_ is not None else "cells"
             warnings.warn(
                 f"Screening accepted {n_kept} of {drawn} candidates for {label!r} in "
                 f"{self.max_rounds} rounds; the remaining {k - n_kept} are the closest rejected "
@@ -576,15 +569,3 @@ class SCLD(BaseEstimator):
             model.classifier_.to(dev).eval()
         model._fit_screening()
         return model
-
-
-class _NamedShape:
-    """Stands in for a matrix when only its shape and column names are needed."""
-
-    def __init__(self, shape, names):
-        self.shape = shape
-        self.columns = names
-
-
-def _key(label):
-    return label.item() if isinstance(label, np.generic) else label

@@ -27,15 +27,6 @@ _OWN_PARAMS = ("autoencoder", "max_epochs", "device", "random_state", "verbose",
                "classifier_scale", "screening", "n_sample_steps")
 
 
-class _Genes:
-    """Stands in for X in ``check_genes``: its shape and, when known, its gene names."""
-
-    def __init__(self, shape, names):
-        self.shape = shape
-        if names is not None:
-            self.columns = names
-
-
 class SCLDOverSampler(BaseOverSampler):
     """Over-sample rare cell types with cells synthesized by SCLD (single-cell latent diffusion).
 
@@ -261,13 +252,13 @@ class SCLDOverSampler(BaseOverSampler):
 
         if isinstance(model, SCLD):
             check_is_fitted(model, "denoiser_")
-            model.check_genes(_Genes(X.shape, getattr(self, "feature_names_in_", None)))
+            model.check_genes(_utils.GeneSignature(X.shape, getattr(self, "feature_names_in_", None)))
             if model.classes_ is None:
                 raise ValueError("The given SCLD was fitted without labels; it cannot generate "
                                  "cells of chosen classes. Fit it with y.")
-            known = {_key(c) for c in model.classes_}
+            known = {_utils.plain_label(c) for c in model.classes_}
             missing = [c for c in self.sampling_strategy_ if self.sampling_strategy_[c] > 0
-                       and _key(c) not in known]
+                       and _utils.plain_label(c) not in known]
             if missing:
                 raise ValueError(f"The given SCLD cannot generate the classes {missing}: it knows "
                                  f"{list(model.classes_)}. Fit it on data with these classes.")
@@ -303,8 +294,8 @@ class SCLDOverSampler(BaseOverSampler):
             self.sampling_report_ = {k: dict(v) for k, v in self.model_.sampling_report_.items()}
             # SCLD returns the classes in the order asked, each as one block
             y_new = np.concatenate([np.full(n, c, dtype=y.dtype) for c, n in request.items()])
-            if X_syn.shape[0] != len(y_new) or any(
-                    _key(a) != _key(b) for a, b in zip(y_syn, y_new, strict=True)):
+            same = (_utils.plain_label(a) == _utils.plain_label(b) for a, b in zip(y_syn, y_new, strict=True))
+            if X_syn.shape[0] != len(y_new) or not all(same):
                 raise RuntimeError("SCLD returned cells in an unexpected order.")
             if sp.issparse(X):
                 X_new = sp.csr_matrix(X_syn, dtype=X.dtype)
@@ -320,7 +311,3 @@ class SCLDOverSampler(BaseOverSampler):
         self.n_synthetic_ = int(n_generate)
         self.synthetic_mask_ = np.r_[np.zeros(len(y), dtype=bool), np.ones(n_generate, dtype=bool)]
         return X_res, y_res
-
-
-def _key(label):
-    return label.item() if isinstance(label, np.generic) else label
