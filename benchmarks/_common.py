@@ -30,7 +30,20 @@ def machine() -> str:
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
     return (f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPU cores ({cpu}), {gpu}; "
             f"Python {platform.python_version()}, torch {torch.__version__} "
-            f"({torch.get_num_threads()} thread(s))")
+            f"({torch.get_num_threads()} thread(s)); scaug at {code_version()}")
+
+
+def code_version() -> str:
+    """The commit the figures come from, marked ``+changes`` when the tree differs from it."""
+    def git(*args):
+        return subprocess.run(["git", *args], cwd=os.path.dirname(DOCS), capture_output=True,
+                              text=True).stdout.strip()
+    try:
+        commit = git("rev-parse", "--short", "HEAD")
+        dirty = git("status", "--porcelain", "--untracked-files=no", "--", "scaug", "benchmarks")
+    except OSError:
+        return "an unknown commit"
+    return f"commit {commit}{' +changes' if dirty else ''}" if commit else "an unknown commit"
 
 
 def load_counts(name: str, n_top_genes: int = 2000):
