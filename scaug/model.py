@@ -435,7 +435,9 @@ class SCLD(BaseEstimator):
 
     def _screened_latents(self, code, k, gen, threshold, opts):
         kept, pool, pool_score = [], [], []
-        n_kept, n_passed, drawn, rate = 0, 0, 0, 0.5
+        # the first round draws just the quota: most candidates pass, so drawing a margin up front
+        # would waste up to half the sampling time; later rounds scale by the observed rate
+        n_kept, n_passed, drawn, rate = 0, 0, 0, 1.0
         for _ in range(int(self.max_rounds)):
             need = k - n_kept
             m = int(min(max(need / max(rate, 0.02), 16), 10 * need + 64))

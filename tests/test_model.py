@@ -104,11 +104,19 @@ def test_post_guidance_paths_run_and_change_the_output(fitted):
     base = dict(random_state=0, guidance_scale=1.0)
     plain, _ = fitted.sample({"type_3": 30}, classifier_scale=0.0, screening=False, **base)
     clf, _ = fitted.sample({"type_3": 30}, classifier_scale=5.0, screening=False, **base)
-    screened, _ = fitted.sample({"type_3": 30}, classifier_scale=0.0, screening=True, **base)
     assert (plain != clf).nnz > 0
-    assert (plain != screened).nnz > 0
+    # screening only removes candidates: what passes in the first round is the unscreened draw
+    screened, _ = fitted.sample({"type_3": 30}, classifier_scale=0.0, screening=True, **base)
     rep = fitted.sampling_report_["type_3"]
     assert rep["drawn"] >= 30 and rep["accepted"] <= rep["drawn"]
+    if rep["accepted"] == rep["drawn"] == 30:
+        assert (plain != screened).nnz == 0
+    # a strict confidence threshold rejects some candidates, which redraws replace
+    strict, _ = fitted.sample({"type_3": 30}, classifier_scale=0.0, screening=True,
+                              screening_threshold=0.99, **base)
+    rep = fitted.sampling_report_["type_3"]
+    assert rep["acceptance_rate"] < 1 and rep["drawn"] > 30
+    assert (plain != strict).nnz > 0
 
 
 def test_ancestral_sampler_runs(fitted):
