@@ -39,6 +39,10 @@ class CellAutoencoder(TransformerMixin, BaseEstimator):
         ``"nb"`` (negative binomial) for raw counts, ``"gaussian"`` for continuous values
         (log-normalised or scaled). ``"auto"`` picks ``"nb"`` when every entry of ``X`` is a
         non-negative integer.
+    dispersion : {"gene", "gene-cell"}, default="gene"
+        Noise of the likelihood: one NB dispersion (or standard deviation) per gene, or a per-cell
+        correction of it predicted by the decoder, which lets each type have its own noise
+        (``docs/fidelity.md`` measures both).
     max_epochs : int or None, default=None
         Training passes over the data; ``None`` picks about 3000 optimiser steps (20 to 200 epochs).
     batch_size : int, default=128
@@ -75,12 +79,13 @@ class CellAutoencoder(TransformerMixin, BaseEstimator):
     (200, 8)
     """
 
-    def __init__(self, *, n_latent=16, hidden=(256, 128), likelihood="auto", max_epochs=None,
-                 batch_size=128, learning_rate=1e-3, latent_noise=0.1, class_balance=0.5,
-                 device="auto", random_state=None, verbose=True):
+    def __init__(self, *, n_latent=16, hidden=(256, 128), likelihood="auto", dispersion="gene",
+                 max_epochs=None, batch_size=128, learning_rate=1e-3, latent_noise=0.1,
+                 class_balance=0.5, device="auto", random_state=None, verbose=True):
         self.n_latent = n_latent
         self.hidden = hidden
         self.likelihood = likelihood
+        self.dispersion = dispersion
         self.max_epochs = max_epochs
         self.batch_size = batch_size
         self.learning_rate = learning_rate
@@ -96,6 +101,8 @@ class CellAutoencoder(TransformerMixin, BaseEstimator):
             raise ValueError(f"n_latent must be a positive int; got {self.n_latent!r}.")
         if self.likelihood not in ("auto", "nb", "gaussian"):
             raise ValueError(f"likelihood must be 'auto', 'nb' or 'gaussian'; got {self.likelihood!r}.")
+        if self.dispersion not in ("gene", "gene-cell"):
+            raise ValueError(f"dispersion must be 'gene' or 'gene-cell'; got {self.dispersion!r}.")
         if self.max_epochs is not None and not (
             isinstance(self.max_epochs, int | np.integer) and self.max_epochs >= 1
         ):
@@ -164,7 +171,7 @@ class CellAutoencoder(TransformerMixin, BaseEstimator):
                 _utils.flush_denormal():
             torch.manual_seed(seed)
             self.module_ = AutoencoderModule(X.shape[1], int(self.n_latent), tuple(self.hidden),
-                                             self.likelihood_)
+                                             self.likelihood_, self.dispersion)
             self._set_runtime(device)
             self.module_.train()
             self.history_ = run_epochs(
@@ -261,7 +268,8 @@ class CellAutoencoder(TransformerMixin, BaseEstimator):
             ae.gene_mean_ = state["gene_mean"].numpy()
             ae.gene_scale_ = state["gene_scale"].numpy()
             ae.nonnegative_ = state["nonnegative"]
-        ae.module_ = AutoencoderModule(ae.n_features_in_, int(ae.n_latent), ae.hidden, ae.likelihood_)
+        ae.module_ = AutoencoderModule(ae.n_features_in_, int(ae.n_latent), ae.hidden, ae.likelihood_,
+                                       ae.dispersion)
         ae.module_.load_state_dict(state["module"])
         ae.module_.eval()
         ae.history_ = state["history"]

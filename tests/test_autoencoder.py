@@ -63,3 +63,42 @@ def test_dataframe_genes_pass_through_scld_with_a_pretrained_autoencoder(data):
     assert list(model.feature_names_in_) == genes
     with pytest.raises(ValueError, match="gene names differ"):
         SCLD(autoencoder=ae, diffusion_steps=5, verbose=False).fit(df[genes[::-1]], y)
+
+
+def _two_noise_levels(rng):
+    # type A: Poisson-like counts around 5; type B: strongly overdispersed counts around 20
+    a = rng.poisson(5.0, size=(200, 20))
+    b = rng.poisson(rng.gamma(0.5, 20.0 / 0.5, size=(200, 20)))
+    return np.vstack([a, b]).astype(np.float32)
+
+
+def test_gene_cell_dispersion_learns_each_types_noise():
+    import torch
+
+    X = _two_noise_levels(np.random.default_rng(0))
+    kw = dict(KW, max_epochs=60, n_latent=2)
+    ae = CellAutoencoder(dispersion="gene-cell", random_state=0, **kw).fit(X)
+    z = torch.as_tensor(ae.transform(X))
+    with torch.no_grad():
+        log_theta = ae.module_._decode_with_scale(z)[1].numpy()
+    # B's inverse dispersion is about 0.5, A's is large (Poisson): the model must tell them apart
+    assert np.median(log_theta[:200]) > np.median(log_theta[200:]) + 0.5  # 1.2 measured
+    gene = CellAutoencoder(random_state=0, **kw).fit(X)
+    with torch.no_grad():
+        assert gene.module_._decode_with_scale(z)[1].shape == (20,)  # one value per gene
+
+
+def test_gene_cell_dispersion_round_trips_and_checks(tmp_path, data):
+    import torch
+
+    X, _ = data
+    ae = CellAutoencoder(dispersion="gene-cell", random_state=0, **KW).fit(X)
+    ae.save(tmp_path / "ae.pt")
+    back = CellAutoencoder.load(tmp_path / "ae.pt", device="cpu")
+    assert back.dispersion == "gene-cell"
+    Z, lib = ae.transform(X[:20]), np.full(20, 500.0)
+    a = ae.generate(Z, lib, generator=torch.Generator().manual_seed(0))
+    b = back.generate(Z, lib, generator=torch.Generator().manual_seed(0))
+    np.testing.assert_array_equal(a, b)
+    with pytest.raises(ValueError, match="dispersion must be 'gene' or 'gene-cell'"):
+        CellAutoencoder(dispersion="cell", **KW).fit(X)

@@ -37,13 +37,21 @@ class AutoencoderModule(nn.Module):
         ``"nb"``: the decoder gives gene proportions; the mean is library size x proportion and a
         gene-wise inverse dispersion is learned (as in scVI). ``"gaussian"``: the decoder gives the
         mean of standardised expression and a gene-wise log standard deviation is learned.
+    dispersion : {"gene", "gene-cell"}
+        ``"gene"``: one dispersion (or standard deviation) per gene. ``"gene-cell"``: a per-cell
+        correction of it, read from the decoder's last hidden layer (scVI's "gene-cell"), so that
+        a type's noise need not be the average type's.
     """
 
-    def __init__(self, n_genes: int, n_latent: int = 16, hidden=(256, 128), likelihood: str = "nb"):
+    def __init__(self, n_genes: int, n_latent: int = 16, hidden=(256, 128), likelihood: str = "nb",
+                 dispersion: str = "gene"):
         super().__init__()
         if likelihood not in ("nb", "gaussian"):
             raise ValueError(f"likelihood must be 'nb' or 'gaussian'; got {likelihood!r}.")
+        if dispersion not in ("gene", "gene-cell"):
+            raise ValueError(f"dispersion must be 'gene' or 'gene-cell'; got {dispersion!r}.")
         self.likelihood = likelihood
+        self.dispersion = dispersion
         hidden = list(hidden)
         self.encoder = nn.Sequential(mlp([n_genes, *hidden], final_activation=True),
                                      nn.Linear(hidden[-1], n_latent))
@@ -51,6 +59,11 @@ class AutoencoderModule(nn.Module):
                                      nn.Linear(hidden[0], n_genes))
         # gene-wise dispersion (log theta) or log standard deviation
         self.gene_log_scale = nn.Parameter(torch.zeros(n_genes))
+        if dispersion == "gene-cell":
+            # zero-initialised: training starts from the gene-wise model
+            self.scale_head = nn.Linear(hidden[0], n_genes)
+            nn.init.zeros_(self.scale_head.weight)
+            nn.init.zeros_(self.scale_head.bias)
 
     def encode(self, x_in: torch.Tensor) -> torch.Tensor:
         """``x_in`` is the transformed expression (log1p-normalised counts, or standardised values)."""
@@ -60,14 +73,19 @@ class AutoencoderModule(nn.Module):
         """Decoder output: gene logits (NB) or standardised means (Gaussian)."""
         return self.decoder(z)
 
+    def _decode_with_scale(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Decoder output and the log dispersion (or log standard deviation) it comes with."""
+        if self.dispersion == "gene":
+            return self.decoder(z), self.gene_log_scale
+        h = self.decoder[0](z)
+        return self.decoder[1](h), self.gene_log_scale + self.scale_head(h)
+
     def log_likelihood(self, x: torch.Tensor, z: torch.Tensor, library: torch.Tensor | None):
-        out = self.decode(z)
+        out, log_scale = self._decode_with_scale(z)
         if self.likelihood == "nb":
             mu = library[:, None] * F.softmax(out, dim=-1)
-            theta = torch.exp(self.gene_log_scale)
-            return nb_log_likelihood(x, mu, theta).sum(-1)
-        log_sd = self.gene_log_scale
-        return (-0.5 * ((x - out) / torch.exp(log_sd)) ** 2 - log_sd
+            return nb_log_likelihood(x, mu, torch.exp(log_scale)).sum(-1)
+        return (-0.5 * ((x - out) / torch.exp(log_scale)) ** 2 - log_scale
                 - 0.5 * math.log(2 * math.pi)).sum(-1)
 
     @torch.no_grad()
@@ -78,14 +96,14 @@ class AutoencoderModule(nn.Module):
         For NB the draw is Gamma-Poisson; the random numbers are drawn on the generator's device
         (the CPU) so that CPU and GPU runs give the same cells.
         """
-        out = self.decode(z)
+        out, log_scale = self._decode_with_scale(z)
         if self.likelihood == "nb":
             mu = library[:, None] * F.softmax(out, dim=-1)
-            theta = torch.exp(self.gene_log_scale).expand_as(mu)
+            theta = torch.exp(log_scale).expand_as(mu)
             gen_device = generator.device if generator is not None else mu.device
             rate = torch._standard_gamma(theta.to(gen_device).double(), generator=generator)
             rate = rate * (mu.to(gen_device).double() / theta.to(gen_device).double())
             return torch.poisson(rate, generator=generator).float().to(mu.device)
         noise = torch.randn(out.shape, generator=generator, device=generator.device
                             if generator is not None else out.device).to(out.device)
-        return out + torch.exp(self.gene_log_scale) * noise
+        return out + torch.exp(log_scale) * noise
