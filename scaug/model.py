@@ -22,6 +22,29 @@ from .nn import Denoiser, LatentClassifier
 from .train import run_steps
 
 
+def _smoothed_bootstrap(Z: np.ndarray, codes: np.ndarray, strength: float):
+    """Per cell: its latent shrunk toward its type's mean, and the sd of the noise to add.
+
+    Silverman's smoothed bootstrap with variance correction: a type of ``n`` cells gets Gaussian
+    noise of ``f = min(1, strength / sqrt(n))`` times its per-dimension sd, and its cells are
+    shrunk toward the type mean by ``1 / sqrt(1 + f**2)`` so the type keeps its variance. A
+    denoiser trained on ten cells of a type otherwise learns those ten points and samples them
+    back (copies, in latent space); the noise fades as a type grows.
+    """
+    shrunk = Z.copy()
+    sd = np.zeros_like(Z)
+    for c in np.unique(codes):
+        where = codes == c
+        n = int(where.sum())
+        f = min(1.0, strength / np.sqrt(n))
+        if n < 2 or f == 0:
+            continue
+        mean, scale = Z[where].mean(0), Z[where].std(0)
+        shrunk[where] = mean + (Z[where] - mean) / np.sqrt(1 + f**2)
+        sd[where] = f * scale / np.sqrt(1 + f**2)
+    return shrunk.astype(np.float32), sd.astype(np.float32)
+
+
 def _default_steps(n_obs: int, base: int) -> int:
     # more data wants more steps, but even 100 cells need enough steps to learn the latents
     return int(np.clip(base * (1 + np.log10(max(n_obs, 10) / 1000) / 2), base // 2, 3 * base))
@@ -60,6 +83,11 @@ class SCLD(BaseEstimator):
     learning_rate : float, default=1e-3
     label_dropout : float, default=0.15
         Fraction of training steps that see the null label (classifier-free guidance).
+    latent_smoothing : float, default=0.0
+        The denoiser learns each type's latents with Gaussian noise of ``latent_smoothing /
+        sqrt(n)`` times the type's sd (``n`` its cells; at most 1), the type's variance kept (a
+        smoothed bootstrap). Without it, a type of a few cells is learned as those few points and
+        sampled back as near-copies of them. 0 switches it off.
     guidance_scale : float, default=2.0
         Classifier-free guidance weight ``w`` in ``eps_u + w * (eps_c - eps_u)``; 1 is plain
         conditional sampling, 0 ignores the label. Ignored when fitted without labels.
@@ -116,10 +144,10 @@ class SCLD(BaseEstimator):
 
     def __init__(self, *, autoencoder=None, n_latent=16, ae_hidden=(256, 128), width=128, depth=3,
                  max_epochs=None, diffusion_steps=None, batch_size=256, learning_rate=1e-3,
-                 label_dropout=0.15, guidance_scale=2.0, classifier_scale=1.0, screening=True,
-                 screening_threshold=0.5, screening_quantile=0.9, screening_tolerance=1.0,
-                 max_rounds=10, n_sample_steps=50, sampler="ddim", device="auto",
-                 random_state=None, verbose=True):
+                 label_dropout=0.15, latent_smoothing=0.0, guidance_scale=2.0, classifier_scale=1.0,
+                 screening=True, screening_threshold=0.5, screening_quantile=0.9,
+                 screening_tolerance=1.0, max_rounds=10, n_sample_steps=50, sampler="ddim",
+                 device="auto", random_state=None, verbose=True):
         self.autoencoder = autoencoder
         self.n_latent = n_latent
         self.ae_hidden = ae_hidden
@@ -130,6 +158,7 @@ class SCLD(BaseEstimator):
         self.batch_size = batch_size
         self.learning_rate = learning_rate
         self.label_dropout = label_dropout
+        self.latent_smoothing = latent_smoothing
         self.guidance_scale = guidance_scale
         self.classifier_scale = classifier_scale
         self.screening = screening
@@ -159,6 +188,10 @@ class SCLD(BaseEstimator):
         positive_int("diffusion_steps", allow_none=True)
         if not (isinstance(self.label_dropout, Real) and 0 <= self.label_dropout < 1):
             raise ValueError(f"label_dropout must be in [0, 1); got {self.label_dropout!r}.")
+        if not (isinstance(self.latent_smoothing, Real) and np.isfinite(self.latent_smoothing)
+                and self.latent_smoothing >= 0):
+            raise ValueError(f"latent_smoothing must be a finite number >= 0; got "
+                             f"{self.latent_smoothing!r}.")
         self._check_sampling_options(self.guidance_scale, self.classifier_scale,
                                      self.screening_threshold, self.n_sample_steps, self.sampler)
         if not 0 < self.screening_quantile <= 1:
@@ -258,6 +291,10 @@ class SCLD(BaseEstimator):
         Zt = torch.as_tensor(Zs, device=device)
         yt = torch.as_tensor(codes, device=device)
         null = n_classes if self.classes_ is not None else 0
+        smooth = float(self.latent_smoothing) > 0
+        if smooth:
+            centre, spread = (torch.as_tensor(a, device=device) for a in
+                              _smoothed_bootstrap(Zs, codes, float(self.latent_smoothing)))
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), \
                 _utils.flush_denormal():
             torch.manual_seed(seed + 1)
@@ -271,7 +308,10 @@ class SCLD(BaseEstimator):
                 else:
                     drop = torch.rand(len(idx), device=device) < self.label_dropout
                     labels = torch.where(drop, torch.full_like(labels, null), labels)
-                return self.diffusion_.training_loss(denoiser, Zt[idx_t], labels)
+                z0 = Zt[idx_t]
+                if smooth:
+                    z0 = centre[idx_t] + spread[idx_t] * torch.randn_like(z0)
+                return self.diffusion_.training_loss(denoiser, z0, labels)
 
             self.denoiser_, self.diffusion_history_ = run_steps(
                 denoise_step, denoiser, y=codes, n_steps=n_steps, batch_size=int(self.batch_size),

@@ -234,7 +234,8 @@ def test_bad_fit_input(X, y, match):
 
 
 @pytest.mark.parametrize(("param", "value"), [("max_epochs", 0), ("label_dropout", 1.0),
-                                              ("device", "tpu"), ("n_latent", 2.5)])
+                                              ("device", "tpu"), ("n_latent", 2.5),
+                                              ("latent_smoothing", -1.0)])
 def test_bad_parameters_fail_before_work(data, param, value):
     X, y = data
     with pytest.raises(ValueError, match=param if param != "device" else "device"):
@@ -246,3 +247,38 @@ def test_unsampled_model_is_not_fitted():
 
     with pytest.raises(NotFittedError):
         SCLD().sample(3)
+
+
+def test_smoothed_bootstrap_keeps_each_types_mean_and_variance():
+    from scaug.model import _smoothed_bootstrap
+
+    rng = np.random.default_rng(0)
+    Z = np.vstack([rng.normal(0, 1, (1000, 3)), rng.normal(5, 2, (10, 3))]).astype(np.float32)
+    codes = np.repeat([0, 1], [1000, 10])
+    centre, sd = _smoothed_bootstrap(Z, codes, strength=4.0)
+    # the 10-cell type gets noise as large as its own spread (f = 1); the big type almost none
+    assert np.all(sd[1000:] > 0.6 * Z[1000:].std(0)) and np.all(sd[:1000] < 0.2 * Z[:1000].std(0))
+    pick = rng.integers(1000, 1010, size=200_000)
+    draws = centre[pick] + sd[pick] * rng.standard_normal((len(pick), 3))
+    np.testing.assert_allclose(draws.mean(0), Z[1000:].mean(0), atol=0.02)
+    np.testing.assert_allclose(draws.var(0), Z[1000:].var(0), rtol=0.03)
+    assert np.array_equal(_smoothed_bootstrap(Z, codes, 0.0)[0], Z)
+
+
+def test_latent_smoothing_stops_a_few_cell_type_from_being_copied(data, autoencoder):
+    from sklearn.neighbors import NearestNeighbors
+
+    X, y = data
+    rare = np.flatnonzero(y == "type_3")
+    keep = np.setdiff1d(np.arange(len(y)), rare[10:])  # the type keeps 10 labelled cells
+    dcr = {}
+    for strength in (0.0, 4.0):
+        m = SCLD(autoencoder=autoencoder, diffusion_steps=1500, latent_smoothing=strength,
+                 random_state=0, **TINY).fit(X[keep], y[keep])
+        code = list(m.classes_).index("type_3")
+        z = m._draw_latents(code, 200, torch.Generator().manual_seed(0), guidance_scale=2.0,
+                            classifier_scale=0.0, n_sample_steps=20, sampler="ddim", batch_size=4096)
+        nn = NearestNeighbors(n_neighbors=1).fit(m.latents_[m.codes_ == code])
+        dcr[strength] = np.median(nn.kneighbors(z)[0])
+    # measured: 0.57 without smoothing, 0.95 with it (held-out cells of the type: 1.84)
+    assert dcr[4.0] > 1.4 * dcr[0.0], dcr
