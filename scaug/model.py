@@ -129,6 +129,10 @@ class SCLD(BaseEstimator):
     sampling_report_ : dict
         Set by :meth:`sample`: per type, cells requested, candidates drawn, candidates that
         passed screening (`accepted`) and the acceptance rate.
+    sample_latents_ : ndarray of shape (n_total, n_latent)
+        Set by :meth:`sample`: the autoencoder latents its cells were decoded from, comparable
+        with ``autoencoder_.transform(X)`` (for example to check that samples are not copies of
+        training cells, which the count noise hides).
 
     Examples
     --------
@@ -509,10 +513,12 @@ class SCLD(BaseEstimator):
         n_genes = self.n_features_in_
         if not blocks_z:
             X = np.zeros((0, n_genes), dtype=np.float32)
+            self.sample_latents_ = np.zeros((0, len(self.latent_mean_)), dtype=np.float32)
             return (sp.csr_matrix(X) if self.sparse_input_ else X), self._labels(np.zeros(0, int))
         Zs = np.concatenate(blocks_z)
         codes = np.concatenate(blocks_y)
-        Z = Zs * self.latent_scale_ + self.latent_mean_
+        Z = (Zs * self.latent_scale_ + self.latent_mean_).astype(np.float32)
+        self.sample_latents_ = Z
         library = None
         if self.counts_:
             library = np.empty(len(codes), dtype=np.float32)
