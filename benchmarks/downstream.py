@@ -13,7 +13,8 @@ regime). Only the training split is augmented, with imbalanced-learn's default
 - ``SCLD`` (SCLDOverSampler, default guidance) and its ablations ``SCLD no post-guidance``
   (classifier_scale=0, screening off) and ``SCLD conditional w=1`` (guidance_scale=1, no classifier
   guidance, no screening), on counts. SCLD is fitted once per (data set, seed, regime) on the
-  training split and reused by all its ablations and classifiers.
+  training split and reused by all its ablations and classifiers; ``SCLD latent smoothing 4``
+  is a second fit, with ``SCLD(latent_smoothing=4)``.
 
 Every classifier sees log-normalised input (``NormalizeLog1p``: counts scaled to 10,000 per cell,
 then log1p; no further scaling): XGBoost (hist, labels encoded 0..K-1), logistic regression
@@ -65,11 +66,14 @@ CACHE = os.path.join(HERE, ".cache", "downstream")
 DATASETS = ["pbmc68k_reduced", "pbmc3k", "cbmc", "paul15", "bladder"]
 REGIMES = {"natural": None, "cap20": 20, "cap10": 10}
 BASELINES = ["RandomOverSampler", "SMOTE", "ADASYN", "BorderlineSMOTE"]
-SCLD_VARIANTS = {
+SCLD_VARIANTS = {  # sampling options of SCLDOverSampler
     "SCLD": dict(),
+    "SCLD latent smoothing 4": dict(),
     "SCLD no post-guidance": dict(classifier_scale=0.0, screening=False),
     "SCLD conditional w=1": dict(guidance_scale=1.0, classifier_scale=0.0, screening=False),
 }
+# variants fitted with other SCLD parameters (the rest share the model fitted for "SCLD")
+SCLD_FIT_PARAMS = {"SCLD latent smoothing 4": dict(latent_smoothing=4.0)}
 AUGMENTERS = ["none", *BASELINES, *SCLD_VARIANTS]
 CLASSIFIERS = ["xgboost", "logreg", "random_forest", "knn"]
 FIG_AUGMENTERS = ["SCLD", "SMOTE"]  # shown in the UMAP figure
@@ -299,8 +303,10 @@ def run_unit(name, X, y, seed, regime, args, cache, fig_unit):
         cache.put_npz(name, seed, regime, "real", X=_dense(X_log[idx]), y=y[idx].astype(str),
                       train=np.isin(idx, train))
 
-    scld_model, scld_fit = None, cache.get(name, seed, regime, "scld_fit")
+    models, fits = {}, {}  # fitted SCLD and its fit record, per fit group
     for aug in args.augmenters:
+        group = aug if aug in SCLD_FIT_PARAMS else "SCLD"
+        fit_key = "scld_fit" if group == "SCLD" else f"scld_fit {group}"
         todo = [c for c in args.classifiers if cache.get(name, seed, regime, aug, c) is None]
         fid = cache.get(name, seed, regime, aug, "fidelity")
         want_npz = fig_unit and aug in FIG_AUGMENTERS and not cache.has_npz(name, seed, regime, aug)
@@ -308,18 +314,19 @@ def run_unit(name, X, y, seed, regime, args, cache, fig_unit):
             rows += fid + [cache.get(name, seed, regime, aug, c) for c in args.classifiers]
             print(f"{tag} {aug}: cached", flush=True)
             continue
-        if aug in SCLD_VARIANTS and scld_model is None:
-            print(f"{tag} fitting SCLD on the training split ...", flush=True)
+        if aug in SCLD_VARIANTS and group not in models:
+            print(f"{tag} fitting {group} on the training split ...", flush=True)
             t0 = time.perf_counter()
-            scld_model = SCLD(random_state=seed, verbose=args.verbose, device=args.device,
-                              **args.scld_params).fit(X_tr, y_tr)
-            scld_fit = dict(base, kind="scld_fit", seconds=time.perf_counter() - t0)
-            cache.put(scld_fit, name, seed, regime, "scld_fit")
-            print(f"{tag} SCLD fitted in {scld_fit['seconds']:.1f} s", flush=True)
+            models[group] = SCLD(random_state=seed, verbose=args.verbose, device=args.device,
+                                 **args.scld_params, **SCLD_FIT_PARAMS.get(group, {})).fit(X_tr, y_tr)
+            fits[group] = dict(base, kind="scld_fit", augmenter=group,
+                               seconds=time.perf_counter() - t0)
+            cache.put(fits[group], name, seed, regime, fit_key)
+            print(f"{tag} {group} fitted in {fits[group]['seconds']:.1f} s", flush=True)
         info = dict(base, augmenter=aug, n_train=len(train), rare_types=rare)
         t0 = time.perf_counter()
         try:
-            Xa, ya, mask, extra = augment(aug, X_tr, X_tr_log, y_tr, norm, seed, scld_model,
+            Xa, ya, mask, extra = augment(aug, X_tr, X_tr_log, y_tr, norm, seed, models.get(group),
                                           args.n_sample_steps)
             info.update(status="ok", error=None, aug_s=time.perf_counter() - t0,
                         n_augmented=len(ya), n_synthetic=int(mask.sum()), **extra)
@@ -328,8 +335,9 @@ def run_unit(name, X, y, seed, regime, args, cache, fig_unit):
             info.update(status="failed", error=f"{type(err).__name__}: {err}",
                         aug_s=time.perf_counter() - t0, n_augmented=0, n_synthetic=0)
             print(f"{tag} {aug}: FAILED ({info['error']})", flush=True)
-        if aug in SCLD_VARIANTS and scld_fit is not None:
-            info["scld_fit_s"] = scld_fit["seconds"]
+        fit = fits.get(group) or cache.get(name, seed, regime, fit_key)
+        if aug in SCLD_VARIANTS and fit is not None:
+            info["scld_fit_s"] = fit["seconds"]
 
         syn_log = syn_y = None
         if Xa is not None and mask.any():
@@ -363,9 +371,7 @@ def run_unit(name, X, y, seed, regime, args, cache, fig_unit):
                           f"{row['macro_f1']:.3f}  bal.acc {row['balanced_accuracy']:.3f}  "
                           f"(augment {row['aug_s']:.1f} s, fit {row['clf_fit_s']:.1f} s)", flush=True)
             rows.append(row)
-    if scld_fit is not None:
-        rows.append(scld_fit)
-    return rows
+    return rows + list(fits.values())
 
 
 # ------------------------------------------------------------------------------------------------
@@ -635,9 +641,8 @@ def report(rows, args, command, summ, figs, fig_regime, dropped, wall):
             sc = _pick(rows, kind="score", dataset=name, augmenter=aug)
             if not sc:
                 continue
-            fit = _ms([r["seconds"] for r in _pick(rows, kind="scld_fit", dataset=name)], 1) \
-                if aug in SCLD_VARIANTS else ""
             first = _pick(sc, classifier=args.classifiers[0])
+            fit = _ms([r.get("scld_fit_s") for r in first], 1) if aug in SCLD_VARIANTS else ""
             body.append([aug, _ms([r["n_synthetic"] for r in first], 0), fit,
                          _ms([r["aug_s"] for r in first], 2),
                          *(_ms([r.get("clf_fit_s") for r in _pick(sc, classifier=c, status="ok")], 2)
