@@ -16,7 +16,8 @@ from scaug import datasets
 
 # Small MLPs gain little from a second thread, and torch's threads slow down badly when the other
 # core is busy (data loading, a second job); one thread gives steadier timings on a 2-core laptop.
-torch.set_num_threads(int(os.environ.get("SCAUG_BENCH_THREADS", "1")))
+THREADS = int(os.environ.get("SCAUG_BENCH_THREADS", "1"))
+torch.set_num_threads(THREADS)
 
 DOCS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs")
 
@@ -60,6 +61,8 @@ def load_counts(name: str, n_top_genes: int = 2000):
         sc.pp.highly_variable_genes(lognorm, n_top_genes=n_top_genes, flavor="seurat")
         adata = adata[:, lognorm.var["highly_variable"].to_numpy()].copy()
     X = adata.X.tocsr() if sp.issparse(adata.X) else sp.csr_matrix(adata.X)
+    # scanpy's normalize_total resets the OpenMP thread count, and torch's with it, to every core
+    torch.set_num_threads(THREADS)
     return X.astype(np.float32), adata.obs["cell_type"].astype(str).to_numpy()
 
 
