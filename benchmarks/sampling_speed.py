@@ -70,6 +70,9 @@ def main(argv=None):
              "draws extra candidates, so its rate counts accepted cells.", "",
              "| device | setting | cells | seconds | cells/s | acceptance |", "|---|---|---|---|---|---|"]
     lines += [f"| {d} | {lab} | {n} | {s:.2f} | {r:,.0f} | {a:.2f} |" for d, lab, n, s, r, a in rows]
+    if "cuda" not in devices:
+        lines += ["", "No GPU on this machine, so no `cuda` row; the script adds one wherever torch "
+                  "sees a GPU."]
     with open(args.out, "w") as fh:
         fh.write("\n".join(lines) + "\n")
     print(f"wrote {args.out}")
