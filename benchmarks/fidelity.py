@@ -107,7 +107,7 @@ def run(name, seed, verbose):
         ref = metrics.c2st_auc(real_log[:half], real_log[half:], random_state=seed)
         rows.append(dict(dataset=name, type=t, method="reference: held-out real vs real",
                          n_train=int((y[train] == t).sum()), n_heldout=n, c2st_auc=ref))
-        train_log = X_log[train][y[train] == t]
+        train_log, train_counts = X_log[train][y[train] == t], X[train][y[train] == t]
         runs = [(f"{k} [pretrained AE]", model, v) for k, v in ABLATIONS.items()]
         runs.append(("SCLD all three (default) [10-shot]", shot, {}))
         runs.append(("SCLD all three (default) [pretrained AE, gene-cell dispersion]", model_gc, {}))
@@ -121,7 +121,7 @@ def run(name, seed, verbose):
             r = score(real_log, syn_log, real_counts, Xs, seed)
             r["dcr_ratio"] = metrics.dcr_ratio(train_log, syn_log, real_log, random_state=seed) \
                 if train_log.shape[0] >= 2 else float("nan")
-            r["latent_dcr_ratio"] = latent_dcr_ratio(mdl, X[train][y[train] == t], real_counts)
+            r["latent_dcr_ratio"] = latent_dcr_ratio(mdl, train_counts, real_counts)
             rep = mdl.sampling_report_.get(t, {})
             rows.append(dict(dataset=name, type=t, method=label, n_train=int((y[train] == t).sum()),
                              n_heldout=n, acceptance=rep.get("acceptance_rate", 1.0),

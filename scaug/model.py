@@ -297,7 +297,7 @@ class SCLD(BaseEstimator):
         null = n_classes if self.classes_ is not None else 0
         smooth = float(self.latent_smoothing) > 0
         if smooth:
-            centre, spread = (torch.as_tensor(a, device=device) for a in
+            shrunk, spread = (torch.as_tensor(a, device=device) for a in
                               _smoothed_bootstrap(Zs, codes, float(self.latent_smoothing)))
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), \
                 _utils.flush_denormal():
@@ -314,7 +314,7 @@ class SCLD(BaseEstimator):
                     labels = torch.where(drop, torch.full_like(labels, null), labels)
                 z0 = Zt[idx_t]
                 if smooth:
-                    z0 = centre[idx_t] + spread[idx_t] * torch.randn_like(z0)
+                    z0 = shrunk[idx_t] + spread[idx_t] * torch.randn_like(z0)
                 return self.diffusion_.training_loss(denoiser, z0, labels)
 
             self.denoiser_, self.diffusion_history_ = run_steps(
