@@ -13,8 +13,8 @@ regime). Only the training split is augmented, with imbalanced-learn's default
 - ``SCLD`` (SCLDOverSampler, default guidance) and its ablations ``SCLD no post-guidance``
   (classifier_scale=0, screening off) and ``SCLD conditional w=1`` (guidance_scale=1, no classifier
   guidance, no screening), on counts. SCLD is fitted once per (data set, seed, regime) on the
-  training split and reused by all its ablations and classifiers; ``SCLD latent smoothing 4``
-  is a second fit, with ``SCLD(latent_smoothing=4)``.
+  training split and reused by all its ablations and classifiers; ``SCLD no latent smoothing``
+  is a second fit, with ``SCLD(latent_smoothing=0)`` (the default before model revision 2).
 
 Every classifier sees log-normalised input (``NormalizeLog1p``: counts scaled to 10,000 per cell,
 then log1p; no further scaling): XGBoost (hist, labels encoded 0..K-1), logistic regression
@@ -68,15 +68,18 @@ REGIMES = {"natural": None, "cap20": 20, "cap10": 10}
 BASELINES = ["RandomOverSampler", "SMOTE", "ADASYN", "BorderlineSMOTE"]
 SCLD_VARIANTS = {  # sampling options of SCLDOverSampler
     "SCLD": dict(),
-    "SCLD latent smoothing 4": dict(),
+    "SCLD no latent smoothing": dict(),
     "SCLD no post-guidance": dict(classifier_scale=0.0, screening=False),
     "SCLD conditional w=1": dict(guidance_scale=1.0, classifier_scale=0.0, screening=False),
 }
 # variants fitted with other SCLD parameters (the rest share the model fitted for "SCLD")
-SCLD_FIT_PARAMS = {"SCLD latent smoothing 4": dict(latent_smoothing=4.0)}
+SCLD_FIT_PARAMS = {"SCLD no latent smoothing": dict(latent_smoothing=0.0)}
 AUGMENTERS = ["none", *BASELINES, *SCLD_VARIANTS]
 CLASSIFIERS = ["xgboost", "logreg", "random_forest", "knn"]
 FIG_AUGMENTERS = ["SCLD", "SMOTE"]  # shown in the UMAP figure
+# Raised whenever scaug's SCLD defaults change, so that cached SCLD results of older defaults are
+# never mixed in; baseline results do not depend on it and stay cached.
+SCLD_REVISION = 2  # 2: gene-cell dispersion, latent noise 1.0, latent smoothing 4
 MIN_HELDOUT = 5  # fewest held-out cells of a type for a fidelity score
 MAX_SYN_EMBED = 300  # synthetic cells per type kept for the UMAP figure
 
@@ -126,6 +129,11 @@ class Cache:
         p = self.path(*key, ext="npz")
         os.makedirs(os.path.dirname(p), exist_ok=True)
         np.savez_compressed(p, **arrays)
+
+
+def _cache_name(aug: str) -> str:
+    """Cache key of an augmenter: SCLD variants carry the model revision (revision 1 unmarked)."""
+    return f"{aug} r{SCLD_REVISION}" if aug in SCLD_VARIANTS and SCLD_REVISION > 1 else aug
 
 
 def _json_default(v):
@@ -306,12 +314,13 @@ def run_unit(name, X, y, seed, regime, args, cache, fig_unit):
     models, fits = {}, {}  # fitted SCLD and its fit record, per fit group
     for aug in args.augmenters:
         group = aug if aug in SCLD_FIT_PARAMS else "SCLD"
-        fit_key = "scld_fit" if group == "SCLD" else f"scld_fit {group}"
-        todo = [c for c in args.classifiers if cache.get(name, seed, regime, aug, c) is None]
-        fid = cache.get(name, seed, regime, aug, "fidelity")
-        want_npz = fig_unit and aug in FIG_AUGMENTERS and not cache.has_npz(name, seed, regime, aug)
+        key = _cache_name(aug)
+        fit_key = _cache_name("scld_fit" if group == "SCLD" else f"scld_fit {group}")
+        todo = [c for c in args.classifiers if cache.get(name, seed, regime, key, c) is None]
+        fid = cache.get(name, seed, regime, key, "fidelity")
+        want_npz = fig_unit and aug in FIG_AUGMENTERS and not cache.has_npz(name, seed, regime, key)
         if not todo and fid is not None and not want_npz:
-            rows += fid + [cache.get(name, seed, regime, aug, c) for c in args.classifiers]
+            rows += fid + [cache.get(name, seed, regime, key, c) for c in args.classifiers]
             print(f"{tag} {aug}: cached", flush=True)
             continue
         if aug in SCLD_VARIANTS and group not in models:
@@ -345,17 +354,17 @@ def run_unit(name, X, y, seed, regime, args, cache, fig_unit):
         if fid is None:
             fid = fidelity_rows(X_log, y, train, rare, held, syn_log, syn_y, seed,
                                 dict(base, augmenter=aug, status=info["status"]))
-            cache.put(fid, name, seed, regime, aug, "fidelity")
+            cache.put(fid, name, seed, regime, key, "fidelity")
         rows += fid
         if want_npz and syn_log is not None:
             rng = np.random.default_rng(seed)
             keep = np.concatenate([
                 rng.permutation(np.flatnonzero(syn_y == t))[:MAX_SYN_EMBED] for t in rare])
-            cache.put_npz(name, seed, regime, aug, X=_dense(syn_log[keep]),
+            cache.put_npz(name, seed, regime, key, X=_dense(syn_log[keep]),
                           y=syn_y[keep].astype(str))
 
         for clf_name in args.classifiers:
-            row = cache.get(name, seed, regime, aug, clf_name) if clf_name not in todo else None
+            row = cache.get(name, seed, regime, key, clf_name) if clf_name not in todo else None
             if row is None:
                 row = dict(info, kind="score", classifier=clf_name)
                 if Xa is not None:
@@ -365,7 +374,7 @@ def run_unit(name, X, y, seed, regime, args, cache, fig_unit):
                     row["clf_fit_s"] = time.perf_counter() - t1
                     pred = enc.inverse_transform(np.asarray(clf.predict(X_log[test])).astype(int))
                     row.update(scores(y[test], pred, rare))
-                cache.put(row, name, seed, regime, aug, clf_name)
+                cache.put(row, name, seed, regime, key, clf_name)
                 if row["status"] == "ok":
                     print(f"{tag} {aug:<22} {clf_name:<13} rare F1 {row['rare_f1']:.3f}  macro F1 "
                           f"{row['macro_f1']:.3f}  bal.acc {row['balanced_accuracy']:.3f}  "
@@ -487,7 +496,8 @@ def figures(rows, args, cache, out_dir, fig_regime):
 
 
 def umap_figure(name, seed, regime, cache, out_dir, plt):
-    paths = {k: cache.path(name, seed, regime, k, ext="npz") for k in ["real", *FIG_AUGMENTERS]}
+    paths = {k: cache.path(name, seed, regime, _cache_name(k), ext="npz")
+             for k in ["real", *FIG_AUGMENTERS]}
     if not os.path.exists(paths["real"]):
         return None
     real = np.load(paths["real"])
