@@ -546,7 +546,41 @@ def umap_figure(name, seed, regime, cache, out_dir, plt):
     return fn
 
 
-def report(rows, args, command, summ, figs, fig_regime, dropped, wall):
+def geometry_rows(name, seed, regime, cache):
+    """Where each augmenter's synthetic rare cells lie relative to the real ones (figure samples).
+
+    Per rare type, log-normalised space: ``spread`` is the median distance of synthetic cells to
+    the centroid of the type's training cells over the same for its held-out cells (1: real
+    spread; below 1: pulled inward); ``reach`` is the median distance from a held-out cell to its
+    nearest synthetic cell over that to its nearest training cell of the type (below 1: held-out
+    cells find a synthetic neighbour before a real one, which is what a k-NN classifier uses).
+    """
+    from sklearn.neighbors import NearestNeighbors
+
+    path = cache.path(name, seed, regime, "real", ext="npz")
+    if not os.path.exists(path):
+        return []
+    real = np.load(path)
+    out = []
+    for aug in FIG_AUGMENTERS:
+        p = cache.path(name, seed, regime, _cache_name(aug), ext="npz")
+        if not os.path.exists(p):
+            continue
+        syn = np.load(p)
+        for t in sorted(set(real["y"])):
+            tr = real["X"][(real["y"] == t) & real["train"]]
+            held, s = real["X"][(real["y"] == t) & ~real["train"]], syn["X"][syn["y"] == t]
+            if len(held) == 0 or len(s) == 0:
+                continue
+            c = tr.mean(0)
+            spread = np.median(np.linalg.norm(s - c, axis=1)) / np.median(np.linalg.norm(held - c, axis=1))
+            near = [np.median(NearestNeighbors(n_neighbors=1).fit(ref).kneighbors(held)[0])
+                    for ref in (s, tr)]
+            out.append(dict(augmenter=aug, type=t, spread=spread, reach=near[0] / near[1]))
+    return out
+
+
+def report(rows, args, command, summ, figs, fig_regime, dropped, wall, cache=None):
     lines = ["# Downstream rare-cell benchmark: classifiers trained on augmented data", ""]
     if args.quick:
         lines += [f"**QUICK MODE**: one data set, one seed, a tiny SCLD ({QUICK_SCLD}, "
@@ -642,6 +676,21 @@ def report(rows, args, command, summ, figs, fig_regime, dropped, wall):
             lines += _table(["regime", "type", "n train", "n held out", "reference AUC", *augs], body)
             lines += ["", f"Reference in {regime}: " + "; ".join(methods), ""]
 
+        geo = geometry_rows(name, args.seeds[0], fig_regime, cache) if cache is not None else []
+        if geo:
+            lines += [f"### {name}: where the synthetic rare cells lie (seed {args.seeds[0]}, "
+                      f"{fig_regime})", "",
+                      "`spread`: median distance of synthetic cells to the centroid of the type's "
+                      "training cells, over that of its held-out cells (1 = real spread, below 1 = "
+                      "pulled inward). `reach`: median distance from a held-out cell to its nearest "
+                      "synthetic cell, over that to its nearest training cell of the type (below 1: "
+                      "the held-out cell meets a synthetic neighbour first, which is what a k-NN "
+                      "classifier uses). From the cells of the UMAP figure (at most "
+                      f"{MAX_SYN_EMBED} synthetic cells per type).", ""]
+            lines += _table(["augmenter", "type", "spread", "reach"],
+                            [[g["augmenter"], g["type"], f"{g['spread']:.2f}", f"{g['reach']:.2f}"]
+                             for g in geo])
+            lines += [""]
         lines += [f"### {name}: cost", "",
                   "Wall time in seconds, mean over seeds and regimes. Augmentation for SCLD variants "
                   "is sampling only; SCLD's fit (once per split, shared by the variants) is its own "
@@ -710,7 +759,7 @@ def main(argv=None):
     figs = figures(rows, args, cache, args.out_dir, fig_regime)
     summ = summary(rows, args, fig_regime)
     with open(os.path.join(args.out_dir, "downstream.md"), "w") as fh:
-        fh.write(report(rows, args, command, summ, figs, fig_regime, dropped, wall))
+        fh.write(report(rows, args, command, summ, figs, fig_regime, dropped, wall, cache))
     with open(os.path.join(args.out_dir, "downstream.json"), "w") as fh:
         json.dump({"command": command, "machine": machine(), "quick": args.quick,
                    "args": {k: v for k, v in vars(args).items()}, "summary": summ, "rows": rows},
