@@ -83,7 +83,7 @@ class SCLD(BaseEstimator):
     learning_rate : float, default=1e-3
     label_dropout : float, default=0.15
         Fraction of training steps that see the null label (classifier-free guidance).
-    latent_smoothing : float, default=4.0
+    latent_smoothing : float, default=0.0
         The denoiser learns each type's latents with Gaussian noise of ``latent_smoothing /
         sqrt(n)`` times the type's sd (``n`` its cells; at most 1), the type's variance kept (a
         smoothed bootstrap). Without it, a type of a few cells is learned as those few points and
@@ -148,7 +148,7 @@ class SCLD(BaseEstimator):
 
     def __init__(self, *, autoencoder=None, n_latent=16, ae_hidden=(256, 128), width=128, depth=3,
                  max_epochs=None, diffusion_steps=None, batch_size=256, learning_rate=1e-3,
-                 label_dropout=0.15, latent_smoothing=4.0, guidance_scale=2.0, classifier_scale=1.0,
+                 label_dropout=0.15, latent_smoothing=0.0, guidance_scale=2.0, classifier_scale=1.0,
                  screening=True, screening_threshold=0.5, screening_quantile=0.9,
                  screening_tolerance=1.0, max_rounds=10, n_sample_steps=50, sampler="ddim",
                  device="auto", random_state=None, verbose=True):
