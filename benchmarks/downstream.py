@@ -567,22 +567,25 @@ def geometry_rows(name, seed, regime, cache):
     if not os.path.exists(path):
         return []
     real = np.load(path)
+    types = {}  # per type: training cells, held-out cells, centroid, held-out->training distance
+    for t in sorted(set(real["y"])):
+        tr, held = (real["X"][(real["y"] == t) & m] for m in (real["train"], ~real["train"]))
+        if len(held):
+            d_real = np.median(NearestNeighbors(n_neighbors=1).fit(tr).kneighbors(held)[0])
+            types[t] = (held, tr.mean(0), d_real)
     out = []
     for aug in FIG_AUGMENTERS:
         p = cache.path(name, seed, regime, _cache_name(aug), ext="npz")
         if not os.path.exists(p):
             continue
         syn = np.load(p)
-        for t in sorted(set(real["y"])):
-            tr = real["X"][(real["y"] == t) & real["train"]]
-            held, s = real["X"][(real["y"] == t) & ~real["train"]], syn["X"][syn["y"] == t]
-            if len(held) == 0 or len(s) == 0:
+        for t, (held, c, d_real) in types.items():
+            s = syn["X"][syn["y"] == t]
+            if len(s) == 0:
                 continue
-            c = tr.mean(0)
             spread = np.median(np.linalg.norm(s - c, axis=1)) / np.median(np.linalg.norm(held - c, axis=1))
-            near = [np.median(NearestNeighbors(n_neighbors=1).fit(ref).kneighbors(held)[0])
-                    for ref in (s, tr)]
-            out.append(dict(augmenter=aug, type=t, spread=spread, reach=near[0] / near[1]))
+            d_syn = np.median(NearestNeighbors(n_neighbors=1).fit(s).kneighbors(held)[0])
+            out.append(dict(augmenter=aug, type=t, spread=spread, reach=d_syn / d_real))
     return out
 
 
