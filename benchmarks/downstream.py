@@ -14,7 +14,8 @@ regime). Only the training split is augmented, with imbalanced-learn's default
   (classifier_scale=0, screening off) and ``SCLD conditional w=1`` (guidance_scale=1, no classifier
   guidance, no screening), on counts. SCLD is fitted once per (data set, seed, regime) on the
   training split and reused by all its ablations and classifiers; ``SCLD latent smoothing 4``
-  is a second fit, with ``SCLD(latent_smoothing=4)``.
+  and ``SCLD gene-cell AE`` are separate fits, with ``SCLD(latent_smoothing=4)`` and with an
+  autoencoder of per-cell dispersion (``CellAutoencoder(dispersion="gene-cell")``).
 
 Every classifier sees log-normalised input (``NormalizeLog1p``: counts scaled to 10,000 per cell,
 then log1p; no further scaling): XGBoost (hist, labels encoded 0..K-1), logistic regression
@@ -57,7 +58,7 @@ import scipy.sparse as sp
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import DOCS, load_counts, machine, rare_split  # noqa: E402
 
-from scaug import SCLD, metrics  # noqa: E402
+from scaug import SCLD, CellAutoencoder, metrics  # noqa: E402
 from scaug.preprocessing import NormalizeLog1p  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -69,11 +70,14 @@ BASELINES = ["RandomOverSampler", "SMOTE", "ADASYN", "BorderlineSMOTE"]
 SCLD_VARIANTS = {  # sampling options of SCLDOverSampler
     "SCLD": dict(),
     "SCLD latent smoothing 4": dict(),
+    "SCLD gene-cell AE": dict(),
     "SCLD no post-guidance": dict(classifier_scale=0.0, screening=False),
     "SCLD conditional w=1": dict(guidance_scale=1.0, classifier_scale=0.0, screening=False),
 }
 # variants fitted with other SCLD parameters (the rest share the model fitted for "SCLD")
-SCLD_FIT_PARAMS = {"SCLD latent smoothing 4": dict(latent_smoothing=4.0)}
+SCLD_FIT_PARAMS = {"SCLD latent smoothing 4": dict(latent_smoothing=4.0),
+                   # an unfitted autoencoder is a template that SCLD trains
+                   "SCLD gene-cell AE": dict(autoencoder=CellAutoencoder(dispersion="gene-cell"))}
 AUGMENTERS = ["none", *BASELINES, *SCLD_VARIANTS]
 CLASSIFIERS = ["xgboost", "logreg", "random_forest", "knn"]
 FIG_AUGMENTERS = ["SCLD", "SMOTE"]  # shown in the UMAP figure

@@ -6,6 +6,8 @@ training cells. SCLD set-ups, each sampled under every guidance setting or with 
 - "pretrained AE": the autoencoder is pretrained without labels on the whole training half (the
   realistic case of many cells and few labels), then the diffusion part is trained on the capped
   labelled cells only;
+- "gene-cell AE": the same with an autoencoder of per-cell dispersion
+  (``CellAutoencoder(dispersion="gene-cell")``, latent noise left at its default);
 - "revision 2": the settings tried as defaults and reverted (``CellAutoencoder(dispersion=
   "gene-cell", latent_noise=1.0)``, ``SCLD(latent_smoothing=4)``), pretrained the same way; once
   more without latent smoothing.
@@ -17,7 +19,10 @@ decoder makes copied latents look new in count space, so copying shows only ther
 SMOTE runs on the capped training split (log-normalised). Synthetic cells of each rare type are
 compared with the test cells of that type, which no model saw in any form.
 
-    SCAUG_DATA_DIR=../shared/data python benchmarks/fidelity.py --datasets cbmc pbmc3k
+    SCAUG_DATA_DIR=../shared/data python benchmarks/fidelity.py --datasets cbmc pbmc3k --seeds 0 1 2
+
+Results are cached per (data set, seed) under benchmarks/.cache/fidelity/, so an interrupted run
+resumes and seeds can run in separate processes; a run over cached seeds only writes the report.
 
 writes docs/fidelity.md and docs/fidelity.json.
 """
@@ -38,12 +43,27 @@ from sklearn.neighbors import NearestNeighbors
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import DOCS, load_counts, machine, rare_split  # noqa: E402
 
+CACHE = os.path.join(os.path.dirname(os.path.abspath(__file__)), ".cache", "fidelity")
+
 from scaug import SCLD, CellAutoencoder, metrics  # noqa: E402
 from scaug.preprocessing import NormalizeLog1p  # noqa: E402
 
 # revision 2: measured as defaults and reverted (README, Evidence)
 REVISION_2_AE = dict(dispersion="gene-cell", latent_noise=1.0)
 REVISION_2_SCLD = dict(latent_smoothing=4.0)
+
+# pretrained set-ups beside the default one: (CellAutoencoder parameters, SCLD parameters)
+SETUPS = {
+    "pretrained AE": ({}, {}),
+    "gene-cell AE": (dict(dispersion="gene-cell"), {}),
+    "revision 2, pretrained AE": (REVISION_2_AE, REVISION_2_SCLD),
+    "revision 2 AE, no latent smoothing": (REVISION_2_AE, {}),
+}
+AE_NAMES = {json.dumps(p, sort_keys=True): n for p, n in (
+    ({}, "pretrained AE"), (dict(dispersion="gene-cell"), "gene-cell AE"),
+    (REVISION_2_AE, "revision 2 AE"))}
+REFERENCE = "reference: held-out real vs real"
+DEFAULT = "SCLD all three (default)"
 
 ABLATIONS = {
     "SCLD unconditional (w=0)": dict(guidance_scale=0.0, classifier_scale=0.0, screening=False),
@@ -85,36 +105,32 @@ def run(name, seed, verbose):
     full_train, _, _ = rare_split(y, seed=seed, cap=None, test_size=0.5)
     norm = NormalizeLog1p().fit(X)
     X_log = norm.transform(X)
-    rows, fit_s = [], {}
+    rows, fit_s, models, aes = [], {}, {}, {}
     t0 = time.perf_counter()
-    shot = SCLD(random_state=seed, verbose=verbose).fit(X[train], y[train])
+    models["10-shot"] = SCLD(random_state=seed, verbose=verbose).fit(X[train], y[train])
     fit_s["10-shot"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    ae = CellAutoencoder(random_state=seed, verbose=verbose).fit(X[full_train])  # no labels
-    model = SCLD(autoencoder=ae, random_state=seed, verbose=verbose).fit(X[train], y[train])
-    fit_s["pretrained AE"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    ae_r2 = CellAutoencoder(random_state=seed, verbose=verbose, **REVISION_2_AE).fit(X[full_train])
-    model_r2 = SCLD(autoencoder=ae_r2, random_state=seed, verbose=verbose,
-                    **REVISION_2_SCLD).fit(X[train], y[train])
-    fit_s["revision 2, pretrained AE"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    model_r2_copy = SCLD(autoencoder=ae_r2, random_state=seed, verbose=verbose).fit(X[train], y[train])
-    fit_s["revision 2 AE, no latent smoothing (diffusion only)"] = time.perf_counter() - t0
+    for setup, (ae_params, scld_params) in SETUPS.items():
+        t0 = time.perf_counter()
+        ae_name = AE_NAMES[json.dumps(ae_params, sort_keys=True)]
+        if ae_name not in aes:  # pretrained without labels, shared by the set-ups that use it
+            aes[ae_name] = CellAutoencoder(random_state=seed, verbose=verbose,
+                                           **ae_params).fit(X[full_train])
+        models[setup] = SCLD(autoencoder=aes[ae_name], random_state=seed, verbose=verbose,
+                             **scld_params).fit(X[train], y[train])
+        fit_s[setup] = time.perf_counter() - t0
     held = {t: test[y[test] == t] for t in rare}
     for t in rare:
         real_log, real_counts = X_log[held[t]], X[held[t]]
         n = len(held[t])
         half = n // 2
+        base = dict(dataset=name, seed=seed, type=t, n_train=int((y[train] == t).sum()),
+                    n_heldout=n)
         ref = metrics.c2st_auc(real_log[:half], real_log[half:], random_state=seed)
-        rows.append(dict(dataset=name, type=t, method="reference: held-out real vs real",
-                         n_train=int((y[train] == t).sum()), n_heldout=n, c2st_auc=ref))
+        rows.append(dict(base, method=REFERENCE, c2st_auc=ref))
         train_log, train_counts = X_log[train][y[train] == t], X[train][y[train] == t]
-        runs = [(f"{k} [pretrained AE]", model, v) for k, v in ABLATIONS.items()]
-        runs.append(("SCLD all three (default) [10-shot]", shot, {}))
-        runs.append(("SCLD all three (default) [revision 2, pretrained AE]", model_r2, {}))
-        runs.append(("SCLD all three (default) [revision 2 AE, no latent smoothing]", model_r2_copy,
-                     {}))
+        runs = [(f"{k} [pretrained AE]", models["pretrained AE"], v) for k, v in ABLATIONS.items()]
+        runs += [(f"{DEFAULT} [{setup}]", models[setup], {}) for setup in models
+                 if setup != "pretrained AE"]
         for label, mdl, opts in runs:
             ts = time.perf_counter()
             Xs, _ = mdl.sample({t: n}, random_state=seed, **opts)
@@ -125,19 +141,17 @@ def run(name, seed, verbose):
                 if train_log.shape[0] >= 2 else float("nan")
             r["latent_dcr_ratio"] = latent_dcr_ratio(mdl, train_counts, real_counts)
             rep = mdl.sampling_report_.get(t, {})
-            rows.append(dict(dataset=name, type=t, method=label, n_train=int((y[train] == t).sum()),
-                             n_heldout=n, acceptance=rep.get("acceptance_rate", 1.0),
+            rows.append(dict(base, method=label, acceptance=rep.get("acceptance_rate", 1.0),
                              sample_s=sample_s, **r))
         # what the autoencoder alone does to real cells: held-out cells encoded, decoded and
         # re-drawn with their own library sizes (a latent generator inherits this gap)
         gen = torch.Generator().manual_seed(seed)
-        for label, enc in (("autoencoder only: held-out cells re-drawn [pretrained AE]", ae),
-                           ("autoencoder only: held-out cells re-drawn [revision 2 AE]", ae_r2)):
+        for ae_name, enc in aes.items():
             library = np.asarray(real_counts.sum(1)).ravel()
             Xs = enc.generate(enc.transform(real_counts), library, generator=gen)
             r = score(real_log, norm.transform(Xs), real_counts, Xs, seed)
-            rows.append(dict(dataset=name, type=t, method=label, n_train=int((y[train] == t).sum()),
-                             n_heldout=n, **r))
+            rows.append(dict(base, method=f"autoencoder only: held-out cells re-drawn [{ae_name}]",
+                             **r))
         # SMOTE on log-normalised training cells: what a classifier pipeline would do
         strategy = {t: int((y[train] == t).sum()) + n}
         sm = SMOTE(sampling_strategy=strategy, k_neighbors=5, random_state=seed)
@@ -145,9 +159,26 @@ def run(name, seed, verbose):
         syn_log = Xr[len(train):]
         r = score(real_log, syn_log, None, None, seed)
         r["dcr_ratio"] = metrics.dcr_ratio(train_log, syn_log, real_log, random_state=seed)
-        rows.append(dict(dataset=name, type=t, method="SMOTE", n_train=int((y[train] == t).sum()),
-                         n_heldout=n, **r))
+        rows.append(dict(base, method="SMOTE", **r))
     return rows, fit_s
+
+
+def summarise(rows):
+    """Per data set and method: means over rare types and seeds, and the gap to the reference."""
+    ref = {(r["dataset"], r["seed"], r["type"]): r["c2st_auc"] for r in rows
+           if r["method"] == REFERENCE}
+    out = {}
+    for r in rows:
+        if r["method"] == REFERENCE:
+            continue
+        acc = out.setdefault((r["dataset"], r["method"]), {"auc": [], "gap": [], "ldcr": [],
+                                                           "units": set()})
+        acc["auc"].append(r["c2st_auc"])
+        acc["gap"].append(r["c2st_auc"] - ref[(r["dataset"], r["seed"], r["type"])])
+        if r.get("latent_dcr_ratio") is not None:
+            acc["ldcr"].append(r["latent_dcr_ratio"])
+        acc["units"].add((r["seed"], r["type"]))
+    return out
 
 
 def fmt(v):
@@ -158,33 +189,52 @@ def fmt(v):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--datasets", nargs="+", default=["cbmc", "pbmc3k"])
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0])
     parser.add_argument("--out", default=os.path.join(DOCS, "fidelity"))
+    parser.add_argument("--no-cache", action="store_true", help="recompute cached (data set, "
+                        "seed) results")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
     all_rows, fit_times = [], {}
     for name in args.datasets:
-        rows, fit_s = run(name, args.seed, not args.quiet)
-        fit_times[name] = fit_s
-        all_rows += rows
-        print(f"{name}: SCLD fit {fit_s}", flush=True)
-        for r in rows:
-            print(f"  {r['type']:<22} {r['method']:<34} auc={fmt(r.get('c2st_auc'))}", flush=True)
-    cols = ["dataset", "type", "method", "n_train", "n_heldout", "c2st_auc", "mmd", "mean_corr",
-            "var_corr", "zero_frac_err", "lib_dist", "dcr_ratio", "latent_dcr_ratio", "acceptance"]
+        for seed in args.seeds:
+            # one file per (data set, seed): runs resume, and seeds can run in parallel processes
+            path = os.path.join(CACHE, f"{name}__seed{seed}.json")
+            if os.path.exists(path) and not args.no_cache:
+                with open(path) as fh:
+                    got = json.load(fh)
+                rows, fit_s = got["rows"], got["fit_seconds"]
+                print(f"{name} seed {seed}: cached ({got['machine']})", flush=True)
+            else:
+                rows, fit_s = run(name, seed, not args.quiet)
+                os.makedirs(CACHE, exist_ok=True)
+                with open(path + ".tmp", "w") as fh:
+                    json.dump({"rows": rows, "fit_seconds": fit_s, "machine": machine()}, fh,
+                              default=float)
+                os.replace(path + ".tmp", path)
+            fit_times[f"{name} seed {seed}"] = fit_s
+            all_rows += rows
+            for r in rows:
+                print(f"  {r['type']:<22} {r['method']:<34} auc={fmt(r.get('c2st_auc'))}",
+                      flush=True)
+    cols = ["dataset", "seed", "type", "method", "n_train", "n_heldout", "c2st_auc", "mmd",
+            "mean_corr", "var_corr", "zero_frac_err", "lib_dist", "dcr_ratio", "latent_dcr_ratio",
+            "acceptance"]
+    seeds = " ".join(str(s) for s in args.seeds)
     lines = [
         "# Fidelity of synthetic rare cells (held-out real cells as the reference)", "",
         f"Command: `SCAUG_DATA_DIR=../shared/data python benchmarks/fidelity.py --datasets "
-        f"{' '.join(args.datasets)} --seed {args.seed}`", "",
+        f"{' '.join(args.datasets)} --seeds {seeds}`", "",
         f"Machine: {machine()}", "",
-        "SCLD fit time (default settings, wall clock): "
+        "SCLD fit time (wall clock): "
         + "; ".join(f"{k}: " + ", ".join(f"{a} {b:.0f} s" for a, b in v.items())
                     for k, v in fit_times.items()), "",
-        "Half/half stratified split; the three rarest types capped at 10 labelled training cells. "
-        "`[10-shot]`: autoencoder and diffusion trained on the capped split; `[pretrained AE]`: "
-        "autoencoder pretrained without labels on the whole training half, diffusion on the "
-        "capped labelled cells; `[revision 2 ...]`: the settings tried as defaults and reverted "
-        "(`CellAutoencoder(dispersion=\"gene-cell\", latent_noise=1.0)`, "
+        "Half/half stratified split per seed; the three rarest types capped at 10 labelled "
+        "training cells. `[10-shot]`: autoencoder and diffusion trained on the capped split; "
+        "`[pretrained AE]`: autoencoder pretrained without labels on the whole training half, "
+        "diffusion on the capped labelled cells; `[gene-cell AE]`: the same with "
+        "`CellAutoencoder(dispersion=\"gene-cell\")`; `[revision 2 ...]`: the settings tried as "
+        "defaults and reverted (`CellAutoencoder(dispersion=\"gene-cell\", latent_noise=1.0)`, "
         "`SCLD(latent_smoothing=4)`), pretrained the same way, and that autoencoder without "
         "latent smoothing. `autoencoder only` rows re-draw the held-out cells through "
         "the autoencoder (the gap it alone opens). Synthetic cells compared with the test cells "
@@ -194,7 +244,22 @@ def main(argv=None):
         "training cell over that of held-out real cells (about 1 is healthy, near 0 is copying); "
         "`latent_dcr_ratio`: the same in the autoencoder's latent space, where the count noise "
         "cannot hide copied latents. `acceptance`: share of candidates that passed screening.", "",
-        "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+        "## Summary", "",
+        "Means over the rare types and seeds. `gap`: c2st AUC minus the reference AUC of the same "
+        "type and seed (0 = as hard to tell from held-out real cells as other real cells are). "
+        "A c2st on 7-75 held-out cells is noisy (about +-0.1 for one type and seed).", ""]
+    summary = summarise(all_rows)
+    for name in args.datasets:
+        refs = [r["c2st_auc"] for r in all_rows if r["dataset"] == name and r["method"] == REFERENCE]
+        lines += [f"**{name}** (reference AUC {np.mean(refs):.3f})", "",
+                  "| method | c2st_auc | gap | latent_dcr_ratio | type x seed |", "|---|---|---|---|---|"]
+        for (ds, method), acc in summary.items():
+            if ds == name:
+                ldcr = f"{np.mean(acc['ldcr']):.2f}" if acc["ldcr"] else ""
+                lines.append(f"| {method} | {np.mean(acc['auc']):.3f} | {np.mean(acc['gap']):+.3f}"
+                             f" | {ldcr} | {len(acc['units'])} |")
+        lines.append("")
+    lines += ["## Every row", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in all_rows:
         lines.append("| " + " | ".join(fmt(r.get(c)) for c in cols) + " |")
     os.makedirs(os.path.dirname(args.out), exist_ok=True)

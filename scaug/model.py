@@ -10,7 +10,7 @@ from numbers import Integral, Real
 import numpy as np
 import scipy.sparse as sp
 import torch
-from sklearn.base import BaseEstimator
+from sklearn.base import BaseEstimator, clone
 from sklearn.neighbors import NearestNeighbors
 from sklearn.utils.validation import check_is_fitted
 from tqdm.auto import tqdm
@@ -65,11 +65,14 @@ class SCLD(BaseEstimator):
     ----------
     autoencoder : None, CellAutoencoder or path, default=None
         ``None`` trains a new autoencoder in :meth:`fit`. A fitted ``CellAutoencoder`` (or the path
-        of a saved one) is reused as is, frozen: only the diffusion part is trained.
+        of a saved one) is reused as is, frozen: only the diffusion part is trained. An unfitted
+        ``CellAutoencoder`` is a template: :meth:`fit` trains a clone of it (its own settings, with
+        this model's ``random_state``, ``device`` and ``verbose``, and ``max_epochs`` capped by
+        this model's).
     n_latent : int, default=16
-        Latent dimension of a new autoencoder.
+        Latent dimension of an autoencoder trained from scratch (``autoencoder=None``).
     ae_hidden : tuple of int, default=(256, 128)
-        Hidden widths of a new autoencoder.
+        Hidden widths of an autoencoder trained from scratch (``autoencoder=None``).
     width, depth : int, default=128, 3
         Width and number of residual blocks of the denoiser.
     max_epochs : int or None, default=None
@@ -223,11 +226,24 @@ class SCLD(BaseEstimator):
         if isinstance(ae, str | os.PathLike):
             return CellAutoencoder.load(ae, device=device)
         if isinstance(ae, CellAutoencoder):
-            check_is_fitted(ae, "module_")
+            if not hasattr(ae, "module_"):  # a template, trained in fit
+                return None
             ae._set_runtime(device)
             return ae
-        raise TypeError("autoencoder must be None, a fitted scaug CellAutoencoder or the path of a "
-                        f"saved one; got {type(ae).__name__}.")
+        raise TypeError("autoencoder must be None, a scaug CellAutoencoder (fitted, or a template "
+                        f"to train) or the path of a saved one; got {type(ae).__name__}.")
+
+    def _new_autoencoder(self, device, seed) -> CellAutoencoder:
+        if isinstance(self.autoencoder, CellAutoencoder):
+            ae = clone(self.autoencoder)
+            epochs = ae.max_epochs
+            if self.max_epochs is not None:
+                epochs = self.max_epochs if epochs is None else min(epochs, self.max_epochs)
+            return ae.set_params(max_epochs=epochs, device=device, random_state=seed,
+                                 verbose=self.verbose)
+        return CellAutoencoder(n_latent=int(self.n_latent), hidden=tuple(self.ae_hidden),
+                               max_epochs=self.max_epochs, device=device, random_state=seed,
+                               verbose=self.verbose)
 
     # -- fit -----------------------------------------------------------------------------------
     def fit(self, X, y=None):
@@ -264,9 +280,7 @@ class SCLD(BaseEstimator):
         self.sparse_input_ = sp.issparse(X)
 
         if ae is None:
-            ae = CellAutoencoder(n_latent=int(self.n_latent), hidden=tuple(self.ae_hidden),
-                                 max_epochs=self.max_epochs, device=device, random_state=seed,
-                                 verbose=self.verbose).fit(X)
+            ae = self._new_autoencoder(device, seed).fit(X)
         self.autoencoder_ = ae
         self.counts_ = ae.likelihood_ == "nb"
         Z = ae.transform(X)

@@ -183,6 +183,23 @@ def test_pretrained_autoencoder_is_reused_and_not_retrained(data, autoencoder, t
         SCLD(autoencoder=ae, **TINY).fit(X[:, :30], y)
 
 
+
+def test_unfitted_autoencoder_is_a_template(data):
+    X, y = data
+    template = CellAutoencoder(n_latent=6, hidden=(32,), dispersion="gene-cell", max_epochs=50,
+                               random_state=123, device="cpu")
+    model = SCLD(autoencoder=template, max_epochs=2, diffusion_steps=20, random_state=0,
+                 **TINY).fit(X, y)
+    ae = model.autoencoder_
+    assert ae is not template and not hasattr(template, "module_")
+    # the template's own settings, this model's seed, device, verbosity and epoch cap
+    assert (ae.n_latent, ae.hidden, ae.dispersion) == (6, (32,), "gene-cell")
+    assert ae.max_epochs == 2 and len(ae.history_) == 2 and ae.verbose is False
+    assert model.latents_.shape[1] == 6
+    again = SCLD(autoencoder=template, max_epochs=2, diffusion_steps=20, random_state=0,
+                 **TINY).fit(X, y)
+    np.testing.assert_array_equal(again.autoencoder_.transform(X[:20]), ae.transform(X[:20]))
+
 def test_continuous_input_gives_continuous_output(data):
     X, y = data
     X_log = NormalizeLog1p().fit_transform(X).toarray()
