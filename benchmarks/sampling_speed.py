@@ -17,7 +17,7 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import DOCS, load_counts, machine  # noqa: E402
+from _common import DOCS, THREADS, load_counts, machine  # noqa: E402
 
 from scaug import SCLD  # noqa: E402
 
@@ -47,9 +47,13 @@ def main(argv=None):
         print(fit_line, flush=True)
         path = os.path.join(tempfile.mkdtemp(), "model.scld")
         model.save(path)
+    # the CPU on one thread (a laptop core) and on all of them; a GPU where torch sees one
+    runs = [("cpu", 1)] + ([("cpu", os.cpu_count())] if (os.cpu_count() or 1) > 1 else [])
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    runs += [("cuda", THREADS)] if "cuda" in devices else []
     rows = []
-    for dev in devices:
+    for dev, threads in runs:
+        torch.set_num_threads(threads)
         model = SCLD.load(path, device=dev)
         counts = model.class_counts_
         rare = model.classes_[counts.argmin()]
@@ -64,17 +68,19 @@ def main(argv=None):
             s = time.perf_counter() - t
             acc = model.sampling_report_[rare]["acceptance_rate"] if "screening" not in opts \
                 else 1.0
-            rows.append((dev, label, args.n, s, args.n / s, acc))
-            print(f"{dev:5} {label:28} {args.n} cells in {s:.2f} s = {args.n / s:,.0f} cells/s "
-                  f"(acceptance {acc:.2f})", flush=True)
+            rows.append((dev, threads, label, args.n, s, args.n / s, acc))
+            print(f"{dev:5} {threads} thread(s) {label:28} {args.n} cells in {s:.2f} s = "
+                  f"{args.n / s:,.0f} cells/s (acceptance {acc:.2f})", flush=True)
     lines = ["# SCLD sampling throughput", "",
              f"Command: `SCAUG_DATA_DIR=../shared/data python benchmarks/sampling_speed.py "
              f"--dataset {args.dataset} --n {args.n}`", "", f"Machine: {machine()}", "",
              f"Model: default SCLD fitted on all of {args.dataset}; cells of its rarest type "
              "sampled with the default 50-step DDIM sampler, integer counts decoded. Screening "
              "draws extra candidates, so its rate counts accepted cells.", "", fit_line, "",
-             "| device | setting | cells | seconds | cells/s | acceptance |", "|---|---|---|---|---|---|"]
-    lines += [f"| {d} | {lab} | {n} | {s:.2f} | {r:,.0f} | {a:.2f} |" for d, lab, n, s, r, a in rows]
+             "| device | CPU threads | setting | cells | seconds | cells/s | acceptance |",
+             "|---|---|---|---|---|---|---|"]
+    lines += [f"| {d} | {th} | {lab} | {n} | {s:.2f} | {r:,.0f} | {a:.2f} |"
+              for d, th, lab, n, s, r, a in rows]
     if "cuda" not in devices:
         lines += ["", "No GPU on this machine, so no `cuda` row; the script adds one wherever torch "
                   "sees a GPU."]
