@@ -451,6 +451,26 @@ def summary(rows, args, fig_regime):
     return out
 
 
+def regime_table(rows, args):
+    """SCLD's rare-type F1 minus the best imblearn baseline's, for every regime side by side."""
+    by = {g: {(s["dataset"], s["classifier"]): s for s in summary(rows, args, g)}
+          for g in args.regimes}
+    keys = [(d, c) for d in args.datasets for c in args.classifiers
+            if any((d, c) in by[g] for g in args.regimes)]
+    if not keys:
+        return []
+    body = [[d, c, *(f"{by[g][(d, c)]['difference']:+.3f}" if (d, c) in by[g] else "not run"
+                     for g in args.regimes)] for d, c in keys]
+    counts = []
+    for g in args.regimes:
+        diffs = [s["difference"] for s in by[g].values()]
+        if diffs:
+            counts.append(f"{g}: above in {sum(x > 0 for x in diffs)} of {len(diffs)}")
+    return ["SCLD's mean rare-type F1 minus the best imbalanced-learn baseline's, per regime "
+            "(positive: SCLD is better; " + "; ".join(counts) + "):", "",
+            *_table(["data set", "classifier", *args.regimes], body), ""]
+
+
 def summary_lines(summ):
     lines = []
     for s in summ:
@@ -635,6 +655,7 @@ def report(rows, args, command, summ, figs, fig_regime, dropped, wall, cache=Non
               "indistinguishable as real cells).", ""]
     lines += [f"- {s}" for s in summary_lines(summ)] or ["- (no SCLD and baseline results)"]
     lines.append("")
+    lines += regime_table(rows, args)
 
     for name in args.datasets:
         lines += [f"## {name}", ""]
