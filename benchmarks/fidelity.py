@@ -195,7 +195,7 @@ def main(argv=None):
                         "seed) results")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
-    all_rows, fit_times = [], {}
+    all_rows, fit_times, made_at = [], {}, {}
     for name in args.datasets:
         for seed in args.seeds:
             # one file per (data set, seed): runs resume, and seeds can run in parallel processes
@@ -204,6 +204,7 @@ def main(argv=None):
                 with open(path) as fh:
                     got = json.load(fh)
                 rows, fit_s = got["rows"], got["fit_seconds"]
+                made_at[f"{name} seed {seed}"] = got["machine"].rsplit("scaug at ", 1)[-1]
                 print(f"{name} seed {seed}: cached ({got['machine']})", flush=True)
             else:
                 rows, fit_s = run(name, seed, not args.quiet)
@@ -226,6 +227,8 @@ def main(argv=None):
         f"Command: `SCAUG_DATA_DIR=../shared/data python benchmarks/fidelity.py --datasets "
         f"{' '.join(args.datasets)} --seeds {seeds}`", "",
         f"Machine: {machine()}", "",
+        *(["Rows read from the cache, computed at: " + "; ".join(
+            f"{k}: {v}" for k, v in made_at.items()), ""] if made_at else []),
         "SCLD fit time (wall clock): "
         + "; ".join(f"{k}: " + ", ".join(f"{a} {b:.0f} s" for a, b in v.items())
                     for k, v in fit_times.items()), "",
