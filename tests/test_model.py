@@ -183,7 +183,6 @@ def test_pretrained_autoencoder_is_reused_and_not_retrained(data, autoencoder, t
         SCLD(autoencoder=ae, **TINY).fit(X[:, :30], y)
 
 
-
 def test_unfitted_autoencoder_is_a_template(data):
     X, y = data
     template = CellAutoencoder(n_latent=6, hidden=(32,), dispersion="gene-cell", max_epochs=50,
@@ -199,6 +198,7 @@ def test_unfitted_autoencoder_is_a_template(data):
     again = SCLD(autoencoder=template, max_epochs=2, diffusion_steps=20, random_state=0,
                  **TINY).fit(X, y)
     np.testing.assert_array_equal(again.autoencoder_.transform(X[:20]), ae.transform(X[:20]))
+
 
 def test_continuous_input_gives_continuous_output(data):
     X, y = data
