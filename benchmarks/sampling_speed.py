@@ -71,6 +71,7 @@ def main(argv=None):
             rows.append((dev, threads, label, args.n, s, args.n / s, acc))
             print(f"{dev:5} {threads} thread(s) {label:28} {args.n} cells in {s:.2f} s = "
                   f"{args.n / s:,.0f} cells/s (acceptance {acc:.2f})", flush=True)
+    torch.set_num_threads(THREADS)  # the machine line names the threads the fit ran on
     lines = ["# SCLD sampling throughput", "",
              f"Command: `SCAUG_DATA_DIR=../shared/data python benchmarks/sampling_speed.py "
              f"--dataset {args.dataset} --n {args.n}`", "", f"Machine: {machine()}", "",
