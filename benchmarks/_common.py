@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import subprocess
@@ -45,6 +46,14 @@ def code_version() -> str:
     except OSError:
         return "an unknown commit"
     return f"commit {commit}{' +changes' if dirty else ''}" if commit else "an unknown commit"
+
+
+def write_json(value, path: str, default=None) -> None:
+    """Write ``value`` as JSON to ``path`` atomically: a cache file is whole or absent, never torn."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path + ".tmp", "w") as fh:
+        json.dump(value, fh, default=default)
+    os.replace(path + ".tmp", path)
 
 
 def load_counts(name: str, n_top_genes: int = 2000):

@@ -56,7 +56,7 @@ import numpy as np
 import scipy.sparse as sp
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import DOCS, load_counts, machine, rare_split  # noqa: E402
+from _common import DOCS, load_counts, machine, rare_split, write_json  # noqa: E402
 
 from scaug import SCLD, CellAutoencoder, metrics  # noqa: E402
 from scaug.preprocessing import NormalizeLog1p  # noqa: E402
@@ -121,12 +121,7 @@ class Cache:
         return None
 
     def put(self, value, *key):
-        p = self.path(*key)
-        os.makedirs(os.path.dirname(p), exist_ok=True)
-        tmp = p + ".tmp"
-        with open(tmp, "w") as fh:
-            json.dump(value, fh, default=_json_default)
-        os.replace(tmp, p)
+        write_json(value, self.path(*key), default=_json_default)
 
     def has_npz(self, *key):
         return self.read and os.path.exists(self.path(*key, ext="npz"))

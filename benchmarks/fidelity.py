@@ -41,7 +41,7 @@ from imblearn.over_sampling import SMOTE
 from sklearn.neighbors import NearestNeighbors
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import DOCS, load_counts, machine, rare_split  # noqa: E402
+from _common import DOCS, load_counts, machine, rare_split, write_json  # noqa: E402
 
 CACHE = os.path.join(os.path.dirname(os.path.abspath(__file__)), ".cache", "fidelity")
 
@@ -207,11 +207,8 @@ def main(argv=None):
                 print(f"{name} seed {seed}: cached ({got['machine']})", flush=True)
             else:
                 rows, fit_s = run(name, seed, not args.quiet)
-                os.makedirs(CACHE, exist_ok=True)
-                with open(path + ".tmp", "w") as fh:
-                    json.dump({"rows": rows, "fit_seconds": fit_s, "machine": machine()}, fh,
-                              default=float)
-                os.replace(path + ".tmp", path)
+                write_json({"rows": rows, "fit_seconds": fit_s, "machine": machine()}, path,
+                           default=float)
             fit_times[f"{name} seed {seed}"] = fit_s
             all_rows += rows
             for r in rows:

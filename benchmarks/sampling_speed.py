@@ -48,9 +48,9 @@ def main(argv=None):
         path = os.path.join(tempfile.mkdtemp(), "model.scld")
         model.save(path)
     # the CPU on one thread (a laptop core) and on all of them; a GPU where torch sees one
+    has_cuda = torch.cuda.is_available()
     runs = [("cpu", 1)] + ([("cpu", os.cpu_count())] if (os.cpu_count() or 1) > 1 else [])
-    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-    runs += [("cuda", THREADS)] if "cuda" in devices else []
+    runs += [("cuda", THREADS)] if has_cuda else []
     rows = []
     for dev, threads in runs:
         torch.set_num_threads(threads)
@@ -82,7 +82,7 @@ def main(argv=None):
              "|---|---|---|---|---|---|---|"]
     lines += [f"| {d} | {th} | {lab} | {n} | {s:.2f} | {r:,.0f} | {a:.2f} |"
               for d, th, lab, n, s, r, a in rows]
-    if "cuda" not in devices:
+    if not has_cuda:
         lines += ["", "No GPU on this machine, so no `cuda` row; the script adds one wherever torch "
                   "sees a GPU."]
     with open(args.out, "w") as fh:
