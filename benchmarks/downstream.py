@@ -70,6 +70,9 @@ BASELINES = ["RandomOverSampler", "SMOTE", "ADASYN", "BorderlineSMOTE"]
 SCLD_VARIANTS = {  # sampling options of SCLDOverSampler
     "SCLD": dict(),
     "SCLD latent smoothing 4": dict(),
+    "SCLD latent smoothing 4, CFG only": dict(classifier_scale=0.0, screening=False),
+    "SCLD latent smoothing 4, w=1": dict(guidance_scale=1.0, classifier_scale=0.0,
+                                         screening=False),
     "SCLD gene-cell AE": dict(),
     "SCLD no post-guidance": dict(classifier_scale=0.0, screening=False),
     "SCLD conditional w=1": dict(guidance_scale=1.0, classifier_scale=0.0, screening=False),
@@ -78,6 +81,14 @@ SCLD_VARIANTS = {  # sampling options of SCLDOverSampler
 SCLD_FIT_PARAMS = {"SCLD latent smoothing 4": dict(latent_smoothing=4.0),
                    # an unfitted autoencoder is a template that SCLD trains
                    "SCLD gene-cell AE": dict(autoencoder=CellAutoencoder(dispersion="gene-cell"))}
+# sampling variants of a separately fitted model share its fit
+SCLD_SHARED_FIT = {"SCLD latent smoothing 4, CFG only": "SCLD latent smoothing 4",
+                   "SCLD latent smoothing 4, w=1": "SCLD latent smoothing 4"}
+
+
+def fit_group(aug: str) -> str:
+    """The fit an SCLD variant samples from: its own, a shared one, or the default model's."""
+    return SCLD_SHARED_FIT.get(aug, aug if aug in SCLD_FIT_PARAMS else "SCLD")
 AUGMENTERS = ["none", *BASELINES, *SCLD_VARIANTS]
 CLASSIFIERS = ["xgboost", "logreg", "random_forest", "knn"]
 FIG_AUGMENTERS = ["SCLD", "SMOTE"]  # shown in the UMAP figure
@@ -314,7 +325,7 @@ def run_unit(name, X, y, seed, regime, args, cache, fig_unit):
 
     models, fits = {}, {}  # fitted SCLD and its fit record, per fit group
     for aug in args.augmenters:
-        group = aug if aug in SCLD_FIT_PARAMS else "SCLD"
+        group = fit_group(aug)
         key = _cache_name(aug)
         fit_key = _cache_name("scld_fit" if group == "SCLD" else f"scld_fit {group}")
         todo = [c for c in args.classifiers if cache.get(name, seed, regime, key, c) is None]
