@@ -75,16 +75,19 @@ def load_counts(name: str, n_top_genes: int = 2000):
     return X.astype(np.float32), adata.obs["cell_type"].astype(str).to_numpy()
 
 
-def rare_split(y, *, seed: int, test_size: float = 0.3, n_rare: int = 3, cap: int | None = 10):
+def rare_split(y, *, seed: int, test_size: float = 0.3, n_rare: int = 3, cap: int | None = 10,
+               largest: bool = False):
     """Stratified train/test indices; the ``n_rare`` rarest types keep ``cap`` training cells.
 
     The training cells a cap removes are not used anywhere; the test set is untouched by the cap,
-    so every regime is scored on the same held-out real cells.
+    so every regime is scored on the same held-out real cells. ``largest=True`` caps the largest
+    types instead: made rare in training, they keep hundreds of held-out cells to be judged on.
     """
     idx = np.arange(len(y))
     train, test = train_test_split(idx, test_size=test_size, stratify=y, random_state=seed)
     types, counts = np.unique(y[train], return_counts=True)
-    rare = list(types[np.argsort(counts, kind="stable")[:n_rare]])
+    order = np.argsort(-counts if largest else counts, kind="stable")
+    rare = list(types[order[:n_rare]])
     if cap is not None:
         rng = np.random.default_rng(seed)
         parts = [train[~np.isin(y[train], rare)]]
