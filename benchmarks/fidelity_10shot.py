@@ -11,7 +11,7 @@ labelled cells. Rows:
   counts (a generator that copies its training cells does exactly this);
 - SCLD with default settings and with ``latent_smoothing=4``, each sampled with all three
   guidances (the default), with classifier-free guidance alone (w=2), and as plain conditional
-  sampling (w=1, no post-guidance);
+  sampling (w=1, no post-guidance), and with each post-guidance mechanism alone on top of w=1;
 - SMOTE on the capped training split (log-normalised).
 
     SCAUG_DATA_DIR=../shared/data python benchmarks/fidelity_10shot.py --datasets cbmc pbmc3k --seeds 0 1 2
@@ -46,6 +46,9 @@ SAMPLING = {
     "all three (default)": {},
     "CFG only (w=2)": dict(classifier_scale=0.0, screening=False),
     "conditional (w=1)": dict(guidance_scale=1.0, classifier_scale=0.0, screening=False),
+    # which post-guidance mechanism moves the score: each alone on top of w=1
+    "w=1 + classifier guidance": dict(guidance_scale=1.0, screening=False),
+    "w=1 + screening": dict(guidance_scale=1.0, classifier_scale=0.0),
 }
 COPIES = "copies: the 10 training cells re-drawn"
 
