@@ -3,9 +3,16 @@
 The rare types of ``fidelity.py`` have 7-75 held-out cells, so one two-sample test there is
 noisy (about +-0.1). Here the three *largest* types of the training half are capped at 10
 labelled training cells: rare to the generator, while up to 300 held-out cells of each judge the
-synthetic ones. As in ``fidelity.py``'s ``[pretrained AE]`` set-up, the autoencoder is pretrained
-without labels on the whole training half, and the diffusion part is fitted on the capped
-labelled cells. Rows:
+synthetic ones. The diffusion part is always fitted on the capped labelled cells; the autoencoder
+comes from one of two places:
+
+- ``[pretrained AE]``: pretrained without labels on the whole training half, as in
+  ``fidelity.py``. It has seen the capped types' other training cells, unlabelled: the case of
+  many cells and few labels;
+- ``[AE on the capped split]``: trained by SCLD on the capped split, as ``SCLDOverSampler`` does
+  by default: a truly rare type, 10 cells in all.
+
+Rows, for each autoencoder:
 
 - ``copies``: the 10 training cells of the type themselves, encoded, decoded and re-drawn as
   counts (a generator that copies its training cells does exactly this);
@@ -42,6 +49,10 @@ from scaug.preprocessing import NormalizeLog1p  # noqa: E402
 CACHE = os.path.join(os.path.dirname(os.path.abspath(__file__)), ".cache", "fidelity_10shot")
 N_HELDOUT = 300  # held-out cells per type that judge the synthetic ones
 MODELS = {"SCLD": {}, "SCLD latent smoothing 4": dict(latent_smoothing=4.0)}
+# where the autoencoder comes from: pretrained without labels on the whole training half (it has
+# seen the capped types' other cells, unlabelled), or trained by SCLD on the capped split only
+# (a truly rare type: 10 cells in all)
+PRETRAINED, CAPPED = "pretrained AE", "AE on the capped split"
 SAMPLING = {
     "all three (default)": {},
     "CFG only (w=2)": dict(classifier_scale=0.0, screening=False),
@@ -60,14 +71,20 @@ def run(name, seed, verbose):
     norm = NormalizeLog1p().fit(X)
     X_log = norm.transform(X)
     t0 = time.perf_counter()
-    ae = CellAutoencoder(random_state=seed, verbose=verbose).fit(X[full_train])
-    fit_s = {"autoencoder": time.perf_counter() - t0}
+    pretrained = CellAutoencoder(random_state=seed, verbose=verbose).fit(X[full_train])
+    fit_s = {"pretrained autoencoder": time.perf_counter() - t0}
     models = {}
-    for label, params in MODELS.items():
-        t0 = time.perf_counter()
-        models[label] = SCLD(autoencoder=ae, random_state=seed, verbose=verbose,
-                             **params).fit(X[train], y[train])
-        fit_s[label] = time.perf_counter() - t0
+    for ae_label in (PRETRAINED, CAPPED):
+        for label, params in MODELS.items():
+            # the capped split's autoencoder is trained by the first SCLD fit, then reused
+            ae = pretrained if ae_label == PRETRAINED else models.get(f"SCLD [{ae_label}]")
+            ae = ae.autoencoder_ if isinstance(ae, SCLD) else ae
+            key = f"{label} [{ae_label}]"
+            t0 = time.perf_counter()
+            models[key] = SCLD(autoencoder=ae, random_state=seed, verbose=verbose,
+                               **params).fit(X[train], y[train])
+            fit_s[key] = time.perf_counter() - t0
+    autoencoders = {PRETRAINED: pretrained, CAPPED: models[f"SCLD [{CAPPED}]"].autoencoder_}
     rng = np.random.default_rng(seed)
     gen = torch.Generator().manual_seed(seed)
     rows = []
@@ -81,16 +98,19 @@ def run(name, seed, verbose):
             real_log[:half], real_log[half:], random_state=seed)))
         own = train[y[train] == t]
         pick = own[rng.integers(len(own), size=n)]
-        Xs = ae.generate(ae.transform(X[pick]), np.asarray(X[pick].sum(1)).ravel(), generator=gen)
-        rows.append(dict(base, method=COPIES, **score(real_log, norm.transform(Xs), real_counts,
-                                                      Xs, seed)))
+        for ae_label, ae in autoencoders.items():
+            Xs = ae.generate(ae.transform(X[pick]), np.asarray(X[pick].sum(1)).ravel(),
+                             generator=gen)
+            rows.append(dict(base, method=f"{COPIES} [{ae_label}]",
+                             **score(real_log, norm.transform(Xs), real_counts, Xs, seed)))
         for label, mdl in models.items():
             for how, opts in SAMPLING.items():
                 Xs, _ = mdl.sample({t: n}, random_state=seed, **opts)
                 r = score(real_log, norm.transform(Xs), real_counts, Xs, seed)
                 r["latent_dcr_ratio"] = latent_dcr_ratio(mdl, X[own], real_counts)
                 rep = mdl.sampling_report_.get(t, {})
-                rows.append(dict(base, method=f"{label}, {how}",
+                name_ = label.replace(" [", f", {how} [")
+                rows.append(dict(base, method=name_,
                                  acceptance=rep.get("acceptance_rate", 1.0), **r))
         sm = SMOTE(sampling_strategy={t: len(own) + n}, k_neighbors=5, random_state=seed)
         Xr, _ = sm.fit_resample(X_log[train], y[train])
@@ -134,8 +154,10 @@ def main(argv=None):
             f"{k}: " + ", ".join(f"{a} {b:.0f} s" for a, b in v.items())
             for k, v in fit_times.items()), "",
         "Half/half stratified split per seed; the three largest types of the training half "
-        "capped at 10 labelled training cells; the autoencoder pretrained without labels on the "
-        f"whole training half. Each type is judged on up to {N_HELDOUT} of its held-out cells "
+        "capped at 10 labelled training cells. `[pretrained AE]`: the autoencoder pretrained "
+        "without labels on the whole training half (it has seen the capped types' other cells, "
+        "unlabelled); `[AE on the capped split]`: trained by SCLD on the capped split (a truly "
+        f"rare type, 10 cells in all). Each type is judged on up to {N_HELDOUT} of its held-out cells "
         "(seen by no model), in log-normalised space. Columns as in `fidelity.md`: `c2st_auc` "
         "0.5 = indistinguishable (the reference compares two halves of the held-out cells); "
         "`latent_dcr_ratio` near 0 = copies of training latents, about 1 = as new as held-out "
