@@ -15,7 +15,9 @@ regime). Only the training split is augmented, with imbalanced-learn's default
   guidance, no screening), on counts. SCLD is fitted once per (data set, seed, regime) on the
   training split and reused by all its ablations and classifiers; ``SCLD latent smoothing 4``
   and ``SCLD gene-cell AE`` are separate fits, with ``SCLD(latent_smoothing=4)`` and with an
-  autoencoder of per-cell dispersion (``CellAutoencoder(dispersion="gene-cell")``).
+  autoencoder of per-cell dispersion (``CellAutoencoder(dispersion="gene-cell")``); the
+  smoothed model is also sampled with classifier-free guidance alone (``SCLD latent smoothing 4,
+  CFG only``) and as plain conditional sampling (``SCLD latent smoothing 4, w=1``).
 
 Every classifier sees log-normalised input (``NormalizeLog1p``: counts scaled to 10,000 per cell,
 then log1p; no further scaling): XGBoost (hist, labels encoded 0..K-1), logistic regression
@@ -640,7 +642,9 @@ def report(rows, args, command, summ, figs, fig_regime, dropped, wall, cache=Non
               "guidance, no screening), `SCLD conditional w=1` (plain conditional sampling). "
               "`SCLD latent smoothing 4` and `SCLD gene-cell AE` are separate fits, with "
               "`SCLD(latent_smoothing=4)` and with `SCLD(autoencoder=CellAutoencoder("
-              "dispersion=\"gene-cell\"))`. Every "
+              "dispersion=\"gene-cell\"))`; the smoothed model is also sampled with "
+              "classifier-free guidance alone (`SCLD latent smoothing 4, CFG only`) and as plain "
+              "conditional sampling (`SCLD latent smoothing 4, w=1`). Every "
               "classifier sees log-normalised input (10,000 counts per cell, log1p), no other "
               "scaling: XGBoost (hist), logistic regression (max_iter=1000), random forest, "
               "5-nearest neighbours. Scores on the held-out real test cells; rare-type F1 is the "
