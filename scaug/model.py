@@ -90,7 +90,10 @@ class SCLD(BaseEstimator):
         The denoiser learns each type's latents with Gaussian noise of ``latent_smoothing /
         sqrt(n)`` times the type's sd (``n`` its cells; at most 1), the type's variance kept (a
         smoothed bootstrap). Without it, a type of a few cells is learned as those few points and
-        sampled back as near-copies of them (``docs/fidelity.md``). 0 switches it off.
+        sampled back as near-copies of them (``docs/fidelity.md``). 0 switches it off. With an
+        autoencoder pretrained on cells that include the type's, ``latent_smoothing=4`` sampled
+        with ``guidance_scale=1`` and ``classifier_scale=0`` gave the most realistic 10-shot
+        cells measured; guidance undoes much of it (``docs/fidelity_10shot.md``).
     guidance_scale : float, default=2.0
         Classifier-free guidance weight ``w`` in ``eps_u + w * (eps_c - eps_u)``; 1 is plain
         conditional sampling, 0 ignores the label. Ignored when fitted without labels.
