@@ -185,6 +185,51 @@ def fmt(v):
         f"{v:.3f}" if isinstance(v, float) else str(v))
 
 
+def run_cached(run, datasets, seeds, cache_dir, *, recompute, verbose):
+    """Rows of ``run(name, seed, verbose)`` for every (data set, seed), cached.
+
+    One JSON file per (data set, seed): runs resume, and seeds can run in parallel processes.
+    Returns all rows, the fit times and, for cached runs, the commit each was computed at.
+    """
+    all_rows, fit_times, made_at = [], {}, {}
+    for name in datasets:
+        for seed in seeds:
+            path = os.path.join(cache_dir, f"{name}__seed{seed}.json")
+            if os.path.exists(path) and not recompute:
+                with open(path) as fh:
+                    got = json.load(fh)
+                made_at[f"{name} seed {seed}"] = got["machine"].rsplit("scaug at ", 1)[-1]
+                print(f"{name} seed {seed}: cached ({got['machine']})", flush=True)
+            else:
+                rows, fit_s = run(name, seed, verbose)
+                got = {"rows": rows, "fit_seconds": fit_s, "machine": machine()}
+                write_json(got, path, default=float)
+            fit_times[f"{name} seed {seed}"] = got["fit_seconds"]
+            all_rows += got["rows"]
+            for r in got["rows"]:
+                print(f"  {r['type']:<22} {r['method']:<34} auc={fmt(r.get('c2st_auc'))}",
+                      flush=True)
+    return all_rows, fit_times, made_at
+
+
+def summary_lines(rows, datasets):
+    """Markdown summary tables: per data set and method, means over types and seeds."""
+    summary = summarise(rows)
+    lines = []
+    for name in datasets:
+        refs = [r["c2st_auc"] for r in rows if r["dataset"] == name and r["method"] == REFERENCE]
+        lines += [f"**{name}** (reference AUC {np.mean(refs):.3f})", "",
+                  "| method | c2st_auc | gap | latent_dcr_ratio | type x seed |",
+                  "|---|---|---|---|---|"]
+        for (ds, method), acc in summary.items():
+            if ds == name:
+                ldcr = f"{np.mean(acc['ldcr']):.2f}" if acc["ldcr"] else ""
+                lines.append(f"| {method} | {np.mean(acc['auc']):.3f} | {np.mean(acc['gap']):+.3f}"
+                             f" | {ldcr} | {len(acc['units'])} |")
+        lines.append("")
+    return lines
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--datasets", nargs="+", default=["cbmc", "pbmc3k"])
@@ -194,26 +239,8 @@ def main(argv=None):
                         "seed) results")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
-    all_rows, fit_times, made_at = [], {}, {}
-    for name in args.datasets:
-        for seed in args.seeds:
-            # one file per (data set, seed): runs resume, and seeds can run in parallel processes
-            path = os.path.join(CACHE, f"{name}__seed{seed}.json")
-            if os.path.exists(path) and not args.no_cache:
-                with open(path) as fh:
-                    got = json.load(fh)
-                rows, fit_s = got["rows"], got["fit_seconds"]
-                made_at[f"{name} seed {seed}"] = got["machine"].rsplit("scaug at ", 1)[-1]
-                print(f"{name} seed {seed}: cached ({got['machine']})", flush=True)
-            else:
-                rows, fit_s = run(name, seed, not args.quiet)
-                write_json({"rows": rows, "fit_seconds": fit_s, "machine": machine()}, path,
-                           default=float)
-            fit_times[f"{name} seed {seed}"] = fit_s
-            all_rows += rows
-            for r in rows:
-                print(f"  {r['type']:<22} {r['method']:<34} auc={fmt(r.get('c2st_auc'))}",
-                      flush=True)
+    all_rows, fit_times, made_at = run_cached(run, args.datasets, args.seeds, CACHE,
+                                              recompute=args.no_cache, verbose=not args.quiet)
     cols = ["dataset", "seed", "type", "method", "n_train", "n_heldout", "c2st_auc", "mmd",
             "mean_corr", "var_corr", "zero_frac_err", "lib_dist", "dcr_ratio", "latent_dcr_ratio",
             "acceptance"]
@@ -247,17 +274,7 @@ def main(argv=None):
         "Means over the rare types and seeds. `gap`: c2st AUC minus the reference AUC of the same "
         "type and seed (0 = as hard to tell from held-out real cells as other real cells are). "
         "A c2st on 7-75 held-out cells is noisy (about +-0.1 for one type and seed).", ""]
-    summary = summarise(all_rows)
-    for name in args.datasets:
-        refs = [r["c2st_auc"] for r in all_rows if r["dataset"] == name and r["method"] == REFERENCE]
-        lines += [f"**{name}** (reference AUC {np.mean(refs):.3f})", "",
-                  "| method | c2st_auc | gap | latent_dcr_ratio | type x seed |", "|---|---|---|---|---|"]
-        for (ds, method), acc in summary.items():
-            if ds == name:
-                ldcr = f"{np.mean(acc['ldcr']):.2f}" if acc["ldcr"] else ""
-                lines.append(f"| {method} | {np.mean(acc['auc']):.3f} | {np.mean(acc['gap']):+.3f}"
-                             f" | {ldcr} | {len(acc['units'])} |")
-        lines.append("")
+    lines += summary_lines(all_rows, args.datasets)
     lines += ["## Every row", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in all_rows:
         lines.append("| " + " | ".join(fmt(r.get(c)) for c in cols) + " |")

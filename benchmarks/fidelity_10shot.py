@@ -30,7 +30,6 @@ docs/fidelity_10shot.md and docs/fidelity_10shot.json.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -41,7 +40,7 @@ from imblearn.over_sampling import SMOTE
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import DOCS, load_counts, machine, rare_split, write_json  # noqa: E402
-from fidelity import REFERENCE, fmt, latent_dcr_ratio, score, summarise  # noqa: E402
+from fidelity import REFERENCE, fmt, latent_dcr_ratio, run_cached, score, summary_lines  # noqa: E402
 
 from scaug import SCLD, CellAutoencoder, metrics  # noqa: E402
 from scaug.preprocessing import NormalizeLog1p  # noqa: E402
@@ -127,21 +126,8 @@ def main(argv=None):
     parser.add_argument("--no-cache", action="store_true")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
-    all_rows, fit_times, made_at = [], {}, {}
-    for name in args.datasets:
-        for seed in args.seeds:
-            path = os.path.join(CACHE, f"{name}__seed{seed}.json")
-            if os.path.exists(path) and not args.no_cache:
-                with open(path) as fh:
-                    got = json.load(fh)
-                made_at[f"{name} seed {seed}"] = got["machine"].rsplit("scaug at ", 1)[-1]
-            else:
-                rows, fit_s = run(name, seed, not args.quiet)
-                got = {"rows": rows, "fit_seconds": fit_s, "machine": machine()}
-                write_json(got, path, default=float)
-            fit_times[f"{name} seed {seed}"] = got["fit_seconds"]
-            all_rows += got["rows"]
-            print(f"{name} seed {seed}: done", flush=True)
+    all_rows, fit_times, made_at = run_cached(run, args.datasets, args.seeds, CACHE,
+                                              recompute=args.no_cache, verbose=not args.quiet)
     seeds = " ".join(str(s) for s in args.seeds)
     lines = [
         "# Fidelity of 10-shot synthetic cells, judged on hundreds of held-out cells", "",
@@ -166,18 +152,7 @@ def main(argv=None):
         "## Summary", "",
         "Means over the three capped types and the seeds; `gap` = c2st AUC minus the reference "
         "AUC of the same type and seed.", ""]
-    summary = summarise(all_rows)
-    for name in args.datasets:
-        refs = [r["c2st_auc"] for r in all_rows if r["dataset"] == name and r["method"] == REFERENCE]
-        lines += [f"**{name}** (reference AUC {np.mean(refs):.3f})", "",
-                  "| method | c2st_auc | gap | latent_dcr_ratio | type x seed |",
-                  "|---|---|---|---|---|"]
-        for (ds, method), acc in summary.items():
-            if ds == name:
-                ldcr = f"{np.mean(acc['ldcr']):.2f}" if acc["ldcr"] else ""
-                lines.append(f"| {method} | {np.mean(acc['auc']):.3f} | {np.mean(acc['gap']):+.3f}"
-                             f" | {ldcr} | {len(acc['units'])} |")
-        lines.append("")
+    lines += summary_lines(all_rows, args.datasets)
     cols = ["dataset", "seed", "type", "method", "n_train", "n_heldout", "c2st_auc", "mmd",
             "mean_corr", "var_corr", "zero_frac_err", "lib_dist", "latent_dcr_ratio",
             "acceptance"]
