@@ -91,6 +91,8 @@ SCLD_SHARED_FIT = {"SCLD latent smoothing 4, CFG only": "SCLD latent smoothing 4
 def fit_group(aug: str) -> str:
     """The fit an SCLD variant samples from: its own, a shared one, or the default model's."""
     return SCLD_SHARED_FIT.get(aug, aug if aug in SCLD_FIT_PARAMS else "SCLD")
+
+
 AUGMENTERS = ["none", *BASELINES, *SCLD_VARIANTS]
 CLASSIFIERS = ["xgboost", "logreg", "random_forest", "knn"]
 FIG_AUGMENTERS = ["SCLD", "SMOTE"]  # shown in the UMAP figure
