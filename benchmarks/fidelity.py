@@ -212,6 +212,22 @@ def run_cached(run, datasets, seeds, cache_dir, *, recompute, verbose):
     return all_rows, fit_times, made_at
 
 
+def header_lines(title, script, args, made_at, fit_times, fit_label):
+    """Report head: title, the command, the machine, where cached rows come from, fit times."""
+    seeds = " ".join(str(s) for s in args.seeds)
+    return [
+        f"# {title}", "",
+        f"Command: `SCAUG_DATA_DIR=../shared/data python benchmarks/{script} --datasets "
+        f"{' '.join(args.datasets)} --seeds {seeds}`", "",
+        f"Machine: {machine()}", "",
+        *(["Rows read from the cache, computed at: " + "; ".join(
+            f"{k}: {v}" for k, v in made_at.items()), ""] if made_at else []),
+        f"{fit_label} (wall clock): "
+        + "; ".join(f"{k}: " + ", ".join(f"{a} {b:.0f} s" for a, b in v.items())
+                    for k, v in fit_times.items()), "",
+    ]
+
+
 def summary_lines(rows, datasets):
     """Markdown summary tables: per data set and method, means over types and seeds."""
     summary = summarise(rows)
@@ -244,17 +260,9 @@ def main(argv=None):
     cols = ["dataset", "seed", "type", "method", "n_train", "n_heldout", "c2st_auc", "mmd",
             "mean_corr", "var_corr", "zero_frac_err", "lib_dist", "dcr_ratio", "latent_dcr_ratio",
             "acceptance"]
-    seeds = " ".join(str(s) for s in args.seeds)
     lines = [
-        "# Fidelity of synthetic rare cells (held-out real cells as the reference)", "",
-        f"Command: `SCAUG_DATA_DIR=../shared/data python benchmarks/fidelity.py --datasets "
-        f"{' '.join(args.datasets)} --seeds {seeds}`", "",
-        f"Machine: {machine()}", "",
-        *(["Rows read from the cache, computed at: " + "; ".join(
-            f"{k}: {v}" for k, v in made_at.items()), ""] if made_at else []),
-        "SCLD fit time (wall clock): "
-        + "; ".join(f"{k}: " + ", ".join(f"{a} {b:.0f} s" for a, b in v.items())
-                    for k, v in fit_times.items()), "",
+        *header_lines("Fidelity of synthetic rare cells (held-out real cells as the reference)",
+                      "fidelity.py", args, made_at, fit_times, "SCLD fit time"),
         "Half/half stratified split per seed; the three rarest types capped at 10 labelled "
         "training cells. `[10-shot]`: autoencoder and diffusion trained on the capped split; "
         "`[pretrained AE]`: autoencoder pretrained without labels on the whole training half, "

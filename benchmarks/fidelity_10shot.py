@@ -40,7 +40,15 @@ from imblearn.over_sampling import SMOTE
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import DOCS, load_counts, machine, rare_split, write_json  # noqa: E402
-from fidelity import REFERENCE, fmt, latent_dcr_ratio, run_cached, score, summary_lines  # noqa: E402
+from fidelity import (  # noqa: E402
+    REFERENCE,
+    fmt,
+    header_lines,
+    latent_dcr_ratio,
+    run_cached,
+    score,
+    summary_lines,
+)
 
 from scaug import SCLD, CellAutoencoder, metrics  # noqa: E402
 from scaug.preprocessing import NormalizeLog1p  # noqa: E402
@@ -128,17 +136,9 @@ def main(argv=None):
     args = parser.parse_args(argv)
     all_rows, fit_times, made_at = run_cached(run, args.datasets, args.seeds, CACHE,
                                               recompute=args.no_cache, verbose=not args.quiet)
-    seeds = " ".join(str(s) for s in args.seeds)
     lines = [
-        "# Fidelity of 10-shot synthetic cells, judged on hundreds of held-out cells", "",
-        f"Command: `SCAUG_DATA_DIR=../shared/data python benchmarks/fidelity_10shot.py "
-        f"--datasets {' '.join(args.datasets)} --seeds {seeds}`", "",
-        f"Machine: {machine()}", "",
-        *(["Rows read from the cache, computed at: " + "; ".join(
-            f"{k}: {v}" for k, v in made_at.items()), ""] if made_at else []),
-        "Fit time (wall clock): " + "; ".join(
-            f"{k}: " + ", ".join(f"{a} {b:.0f} s" for a, b in v.items())
-            for k, v in fit_times.items()), "",
+        *header_lines("Fidelity of 10-shot synthetic cells, judged on hundreds of held-out cells",
+                      "fidelity_10shot.py", args, made_at, fit_times, "Fit time"),
         "Half/half stratified split per seed; the three largest types of the training half "
         "capped at 10 labelled training cells. `[pretrained AE]`: the autoencoder pretrained "
         "without labels on the whole training half (it has seen the capped types' other cells, "
