@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import tempfile
 from collections.abc import Iterator
+from numbers import Integral
 
 import numpy as np
 import scipy.sparse as sp
@@ -150,8 +151,25 @@ def check_labels(y, n_cells: int) -> np.ndarray:
         raise ValueError(f"y must be 1-D with one label per cell of X ({n_cells}); got shape {y.shape}.")
     if (y.dtype.kind == "f" and np.isnan(y).any()) or (
             y.dtype == object and any(v is None or v != v for v in y)):
-        raise ValueError("y contains missing labels (NaN/None); label every cell or drop it.")
+        raise ValueError("y contains missing labels (NaN/None); label every cell, mark the cells "
+                         "without a label -1 (SCLD learns from them unlabelled), or drop them.")
     return y
+
+
+#: the label of an unlabelled cell, scikit-learn's semi-supervised convention
+UNLABELLED = -1
+
+
+def unlabelled_mask(y: np.ndarray) -> np.ndarray:
+    """True for the cells labelled ``-1`` (an int, not a bool and not the string "-1")."""
+    if y.dtype.kind in "iu":
+        return y == UNLABELLED
+    if y.dtype.kind == "f":
+        return y == float(UNLABELLED)
+    if y.dtype == object:
+        return np.fromiter((isinstance(v, Integral | np.integer) and not isinstance(v, bool | np.bool_)
+                            and v == UNLABELLED for v in y), dtype=bool, count=len(y))
+    return np.zeros(len(y), dtype=bool)
 
 
 def check_genes(n_features: int, names, *, expected_n: int, expected_names, what: str) -> None:

@@ -33,7 +33,7 @@ def _smoothed_bootstrap(Z: np.ndarray, codes: np.ndarray, strength: float):
     """
     shrunk = Z.copy()
     sd = np.zeros_like(Z)
-    for c in np.unique(codes):
+    for c in np.unique(codes[codes >= 0]):  # unlabelled cells (code -1) are learned as they are
         where = codes == c
         n = int(where.sum())
         f = min(1.0, strength / np.sqrt(n))
@@ -127,6 +127,9 @@ class SCLD(BaseEstimator):
     classes_ : ndarray
         The cell types, in the order of the label embedding: ``classes_[i]`` is label ``i``.
     class_counts_ : ndarray of int
+        Labelled training cells of each type.
+    n_unlabelled_ : int
+        Training cells labelled ``-1`` (unlabelled).
     counts_ : bool
         Whether the model was fitted on (and generates) integer counts.
     n_features_in_ : int
@@ -259,13 +262,22 @@ class SCLD(BaseEstimator):
             minibatch at a time, never whole.
         y : array-like of shape (n_cells,), optional
             Cell-type labels (any hashable values). Without labels only holistic synthesis is
-            possible.
+            possible. Cells labelled ``-1`` are unlabelled (scikit-learn's semi-supervised
+            convention): they train the autoencoder and the diffusion model under the null label,
+            but not the latent classifier, and ``-1`` is not a type that can be generated. Many
+            unlabelled cells beside a few labelled ones of a rare type are what lets the
+            autoencoder render that type's unseen cells (``docs/fidelity_10shot.md``).
         """
         device = self._check_params()
         names = _utils.feature_names(X)
         X = _utils.check_matrix(X, min_rows=2)
+        unlabelled = np.zeros(X.shape[0], dtype=bool)
         if y is not None:
             y = _utils.check_labels(y, X.shape[0])
+            unlabelled = _utils.unlabelled_mask(y)
+            if unlabelled.all():
+                raise ValueError("Every label in y is -1 (unlabelled); fit with y=None for a "
+                                 "model without labels, or label some cells.")
         ae = self._get_autoencoder(device)
         if ae is not None:
             ae.check_genes(_utils.GeneSignature(X.shape, names))
@@ -292,9 +304,13 @@ class SCLD(BaseEstimator):
             self.classes_ = None
             codes = np.zeros(X.shape[0], dtype=np.int64)
         else:
-            self.classes_, codes = np.unique(y, return_inverse=True)
+            self.classes_, labelled_codes = np.unique(y[~unlabelled], return_inverse=True)
+            # unlabelled cells get the null label's index: the diffusion model learns them under it
+            codes = np.full(X.shape[0], len(self.classes_), dtype=np.int64)
+            codes[~unlabelled] = labelled_codes
         n_classes = 1 if self.classes_ is None else len(self.classes_)
-        self.class_counts_ = np.bincount(codes, minlength=n_classes)
+        self.class_counts_ = np.bincount(codes[~unlabelled], minlength=n_classes)
+        self.n_unlabelled_ = int(unlabelled.sum())
         self.library_sizes_ = _utils.row_sums(X).astype(np.float32) if self.counts_ else None
         self.codes_ = codes
 
@@ -314,8 +330,8 @@ class SCLD(BaseEstimator):
         null = n_classes if self.classes_ is not None else 0
         smooth = float(self.latent_smoothing) > 0
         if smooth:
-            shrunk, spread = (torch.as_tensor(a, device=device) for a in
-                              _smoothed_bootstrap(Zs, codes, float(self.latent_smoothing)))
+            shrunk, spread = (torch.as_tensor(a, device=device) for a in _smoothed_bootstrap(
+                Zs, np.where(unlabelled, -1, codes), float(self.latent_smoothing)))
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), \
                 _utils.flush_denormal():
             torch.manual_seed(seed + 1)
@@ -326,7 +342,7 @@ class SCLD(BaseEstimator):
                 labels = yt[idx_t]
                 if self.classes_ is None:
                     labels = torch.full_like(labels, null)
-                else:
+                else:  # unlabelled cells already carry the null label
                     drop = torch.rand(len(idx), device=device) < self.label_dropout
                     labels = torch.where(drop, torch.full_like(labels, null), labels)
                 z0 = Zt[idx_t]
@@ -341,11 +357,14 @@ class SCLD(BaseEstimator):
             self.classifier_ = None
             if self.classes_ is not None and n_classes > 1:
                 clf = LatentClassifier(Zs.shape[1], n_classes).to(device)
+                labelled = torch.as_tensor(np.flatnonzero(~unlabelled), device=device)
+                Zl, yl = Zt[labelled], yt[labelled]
                 self.classifier_, self.classifier_history_ = run_steps(
                     lambda idx: self.diffusion_.classifier_loss(
-                        clf, Zt[torch.as_tensor(idx, device=device)],
-                        yt[torch.as_tensor(idx, device=device)]),
-                    clf, y=codes, n_steps=max(1, n_steps // 2), batch_size=int(self.batch_size),
+                        clf, Zl[torch.as_tensor(idx, device=device)],
+                        yl[torch.as_tensor(idx, device=device)]),
+                    clf, y=codes[~unlabelled], n_steps=max(1, n_steps // 2),
+                    batch_size=int(self.batch_size),
                     lr=self.learning_rate, rng=rng, ema_decay=0.99, desc="classifier",
                     verbose=self.verbose)
         self._fit_screening()
@@ -618,7 +637,9 @@ class SCLD(BaseEstimator):
         model.sparse_input_ = state["sparse_input"]
         model.codes_ = state["codes"].numpy()
         n_classes = 1 if model.classes_ is None else len(model.classes_)
-        model.class_counts_ = np.bincount(model.codes_, minlength=n_classes)
+        # unlabelled cells carry the code n_classes (the null label)
+        model.class_counts_ = np.bincount(model.codes_, minlength=n_classes + 1)[:n_classes]
+        model.n_unlabelled_ = int((model.codes_ == n_classes).sum()) if model.classes_ is not None else 0
         model.latents_ = state["latents"].numpy()
         model.latent_mean_ = state["latent_mean"].numpy()
         model.latent_scale_ = state["latent_scale"].numpy()

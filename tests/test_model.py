@@ -219,6 +219,71 @@ def test_unlabelled_fit_allows_only_holistic_sampling(data):
         model.sample({"type_0": 3})
 
 
+@pytest.fixture(scope="module")
+def semi(data):
+    """Counts with three in four cells of every type unlabelled (-1) and those cells' counts x4."""
+    X, y = data
+    rng = np.random.default_rng(0)
+    unl = rng.random(len(y)) < 0.75
+    y_semi = np.where(unl, -1, y).astype(object)
+    X_semi = sp.diags(np.where(unl, 4.0, 1.0)).astype(np.float32) @ X
+    model = SCLD(max_epochs=3, diffusion_steps=200, random_state=0, **TINY).fit(X_semi, y_semi)
+    return X_semi, y_semi, unl, model
+
+
+def test_unlabelled_cells_are_not_a_type(semi, data):
+    _, y = data
+    X_semi, y_semi, unl, model = semi
+    assert list(model.classes_) == ["type_0", "type_1", "type_2", "type_3"]
+    assert model.n_unlabelled_ == unl.sum()
+    assert list(model.class_counts_) == [int(((y == t) & ~unl).sum()) for t in model.classes_]
+    assert model.classifier_.out[-1].out_features == 4
+    with pytest.raises(ValueError, match="Unknown cell type -1"):
+        model.sample({-1: 3})
+    _, ys = model.sample(300, random_state=0, screening=False)
+    assert set(ys) <= set(model.classes_)
+
+
+def test_unlabelled_cells_train_the_autoencoder(semi, data):
+    X_semi, y_semi, unl, model = semi
+    _, y = data
+    kw = dict(max_epochs=3, diffusion_steps=5, random_state=0, **TINY)
+    # the autoencoder learns from every cell, whatever their labels ...
+    labelled = SCLD(**kw).fit(X_semi, y)
+    np.testing.assert_array_equal(model.autoencoder_.transform(X_semi[:50]),
+                                  labelled.autoencoder_.transform(X_semi[:50]))
+    # ... and dropping the unlabelled cells gives another one
+    dropped = SCLD(**kw).fit(X_semi[~unl], y[~unl])
+    assert not np.allclose(model.autoencoder_.transform(X_semi[:50]),
+                           dropped.autoencoder_.transform(X_semi[:50]))
+
+
+def test_library_sizes_come_from_labelled_cells_only(semi):
+    X_semi, y_semi, unl, model = semi
+    X_syn, _ = model.sample({"type_0": 200}, random_state=0, screening=False)
+    real = np.asarray(X_semi[(y_semi == "type_0") & ~unl].sum(1)).ravel()
+    syn = np.asarray(X_syn.sum(1)).ravel()
+    # the unlabelled cells have four times the counts: drawing from them would double the median
+    assert abs(np.median(syn) / np.median(real) - 1) < 0.25
+
+
+def test_semi_supervised_model_round_trips(semi, tmp_path):
+    _, _, unl, model = semi
+    model.save(tmp_path / "m.pt")
+    back = SCLD.load(tmp_path / "m.pt", device="cpu")
+    assert back.n_unlabelled_ == model.n_unlabelled_
+    np.testing.assert_array_equal(back.class_counts_, model.class_counts_)
+    a, _ = model.sample({"type_3": 10}, random_state=2, screening=False)
+    b, _ = back.sample({"type_3": 10}, random_state=2, screening=False)
+    assert (a != b).nnz == 0
+
+
+def test_all_unlabelled_is_refused(data):
+    X, y = data
+    with pytest.raises(ValueError, match="Every label in y is -1"):
+        SCLD(**TINY).fit(X, np.full(len(y), -1))
+
+
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [({"guidance_scale": -1}, "guidance_scale"), ({"n_sample_steps": 0}, "n_sample_steps"),

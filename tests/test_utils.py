@@ -56,3 +56,14 @@ def test_atomic_save_leaves_no_partial_file(tmp_path):
 def test_seed_from_is_deterministic():
     assert _utils.seed_from(3) == _utils.seed_from(3)
     assert _utils.seed_from(np.random.RandomState(0)) == _utils.seed_from(0)
+
+
+@pytest.mark.parametrize(
+    ("y", "expected"),
+    [(np.array([0, -1, 2]), [False, True, False]),
+     (np.array([0.5, -1.0]), [False, True]),
+     (np.array(["a", -1, True, "-1"], dtype=object), [False, True, False, False]),
+     (np.array(["a", "-1"]), [False, False])],  # a string "-1" is a type's name
+)
+def test_unlabelled_mask(y, expected):
+    assert list(_utils.unlabelled_mask(y)) == expected
