@@ -161,14 +161,23 @@ UNLABELLED = -1
 
 
 def unlabelled_mask(y: np.ndarray) -> np.ndarray:
-    """True for the cells labelled ``-1`` (an int, not a bool and not the string "-1")."""
+    """True for the cells labelled with the number ``-1``; a bool is never unlabelled.
+
+    A string ``"-1"`` is refused rather than guessed at: a type of that name, or unlabelled cells
+    whose marker became a string (as in a string array)?
+    """
     if y.dtype.kind in "iu":
         return y == UNLABELLED
     if y.dtype.kind == "f":
         return y == float(UNLABELLED)
+    if y.dtype.kind in "OU" and any(isinstance(v, str) and v.strip() == str(UNLABELLED) for v in y):
+        raise ValueError("y holds the string '-1'. Unlabelled cells are marked with the number -1 "
+                         "(scikit-learn's convention), e.g. np.where(annotated, "
+                         "labels.astype(object), -1); a cell type named '-1' needs another name.")
     if y.dtype == object:
-        return np.fromiter((isinstance(v, Integral | np.integer) and not isinstance(v, bool | np.bool_)
-                            and v == UNLABELLED for v in y), dtype=bool, count=len(y))
+        return np.fromiter((isinstance(v, Integral | np.integer | float | np.floating)
+                            and not isinstance(v, bool | np.bool_) and v == UNLABELLED for v in y),
+                           dtype=bool, count=len(y))
     return np.zeros(len(y), dtype=bool)
 
 

@@ -62,8 +62,15 @@ def test_seed_from_is_deterministic():
     ("y", "expected"),
     [(np.array([0, -1, 2]), [False, True, False]),
      (np.array([0.5, -1.0]), [False, True]),
-     (np.array(["a", -1, True, "-1"], dtype=object), [False, True, False, False]),
-     (np.array(["a", "-1"]), [False, False])],  # a string "-1" is a type's name
+     (np.array(["a", -1, True, -1.0, "x-1"], dtype=object), [False, True, False, True, False]),
+     # the README's recipe for string labels
+     (np.where([True, False], np.array(["a", "b"]).astype(object), -1), [False, True])],
 )
 def test_unlabelled_mask(y, expected):
     assert list(_utils.unlabelled_mask(y)) == expected
+
+
+@pytest.mark.parametrize("y", [np.array(["a", "-1"]), np.array(["a", " -1"], dtype=object)])
+def test_string_minus_one_is_refused(y):
+    with pytest.raises(ValueError, match="number -1"):
+        _utils.unlabelled_mask(y)
