@@ -1,7 +1,17 @@
 """Fidelity of synthetic rare cells against held-out real cells: SCLD (with ablations) vs SMOTE.
 
 For each data set: a stratified half/half split, the three rarest types capped at 10 labelled
-training cells. SCLD set-ups, each sampled under every guidance setting or with its defaults:
+training cells. The present default model (``latent_smoothing=4``; ``run_defaults``, cached
+apart), each set-up sampled under every guidance setting (``ABLATIONS``; the default sampling is
+"conditional (w=1)"):
+- "smoothing 4, 10-shot": autoencoder and diffusion both trained on the capped training split;
+- "smoothing 4, pretrained AE": the autoencoder pretrained without labels on the whole training
+  half, the diffusion part trained on the capped labelled cells;
+- "smoothing 4, semi-supervised": fitted in one call on the whole training half, the rare types'
+  other training cells labelled -1 (its ``latent_dcr_ratio`` is measured against all the type's
+  training cells, which its diffusion model saw).
+Revision 1 (the first defaults: no latent smoothing, all three guidances), each set-up sampled
+with all three guidances, the pretrained one under every guidance setting:
 - "10-shot": autoencoder and diffusion both trained on the capped training split only;
 - "pretrained AE": the autoencoder is pretrained without labels on the whole training half (the
   realistic case of many cells and few labels), then the diffusion part is trained on the capped
@@ -48,30 +58,38 @@ CACHE = os.path.join(os.path.dirname(os.path.abspath(__file__)), ".cache", "fide
 from scaug import SCLD, CellAutoencoder, metrics  # noqa: E402
 from scaug.preprocessing import NormalizeLog1p  # noqa: E402
 
+# Settings in full, so that a change of scaug's defaults never changes what a row means.
+# revision 1: the first defaults (no latent smoothing; sampled with all three guidances)
+REVISION_1_SCLD = dict(latent_smoothing=0.0)
 # revision 2: measured as defaults and reverted (README, Evidence)
 REVISION_2_AE = dict(dispersion="gene-cell", latent_noise=1.0)
 REVISION_2_SCLD = dict(latent_smoothing=4.0)
+# the present defaults: latent smoothing 4, sampled as plain conditional sampling (w=1)
+DEFAULTS_SCLD = dict(latent_smoothing=4.0)
 
 # pretrained autoencoders (CellAutoencoder parameters), and the SCLD set-ups built on them:
 # (autoencoder, SCLD parameters)
 AUTOENCODERS = {"pretrained AE": {}, "gene-cell AE": dict(dispersion="gene-cell"),
                 "revision 2 AE": REVISION_2_AE}
 SETUPS = {
-    "pretrained AE": ("pretrained AE", {}),
-    "gene-cell AE": ("gene-cell AE", {}),
+    "pretrained AE": ("pretrained AE", REVISION_1_SCLD),
+    "gene-cell AE": ("gene-cell AE", REVISION_1_SCLD),
     "revision 2, pretrained AE": ("revision 2 AE", REVISION_2_SCLD),
-    "revision 2 AE, no latent smoothing": ("revision 2 AE", {}),
+    "revision 2 AE, no latent smoothing": ("revision 2 AE", REVISION_1_SCLD),
 }
 REFERENCE = "reference: held-out real vs real"
-DEFAULT = "SCLD all three (default)"
+ALL_THREE = "SCLD all three"
 
 ABLATIONS = {
     "SCLD unconditional (w=0)": dict(guidance_scale=0.0, classifier_scale=0.0, screening=False),
     "SCLD conditional (w=1)": dict(guidance_scale=1.0, classifier_scale=0.0, screening=False),
-    "SCLD pre-guidance (CFG)": dict(classifier_scale=0.0, screening=False),
-    "SCLD pre + classifier guidance": dict(screening=False),
-    "SCLD all three (default)": dict(),
+    "SCLD pre-guidance (CFG)": dict(guidance_scale=2.0, classifier_scale=0.0, screening=False),
+    "SCLD pre + classifier guidance": dict(guidance_scale=2.0, classifier_scale=1.0,
+                                           screening=False),
+    ALL_THREE: dict(guidance_scale=2.0, classifier_scale=1.0, screening=True),
 }
+# rows cached while revision 1 was the default call its sampling "SCLD all three (default)"
+RENAMED = {"SCLD all three (default)": ALL_THREE}
 
 
 def score(real_log, syn_log, real_counts, syn_counts, seed):
@@ -99,6 +117,28 @@ def latent_dcr_ratio(model, train_counts, heldout_counts):
     return float(d_syn / np.median(nn.kneighbors(ae.transform(heldout_counts))[0]))
 
 
+def sampled_rows(base, runs, t, norm, real_log, real_counts, train_log, train_counts, seed,
+                 seen_counts=None):
+    """Rows for ``(label, model, sampling options)`` runs: as many cells of type ``t`` as it has
+    held-out cells, scored against them. The latent DCR is measured against ``seen_counts`` (the
+    type's cells the diffusion model saw) when given, else against its training cells."""
+    rows = []
+    for label, mdl, opts in runs:
+        ts = time.perf_counter()
+        Xs, _ = mdl.sample({t: real_log.shape[0]}, random_state=seed, **opts)
+        sample_s = time.perf_counter() - ts
+        syn_log = norm.transform(Xs)
+        r = score(real_log, syn_log, real_counts, Xs, seed)
+        r["dcr_ratio"] = metrics.dcr_ratio(train_log, syn_log, real_log, random_state=seed) \
+            if train_log.shape[0] >= 2 else float("nan")
+        r["latent_dcr_ratio"] = latent_dcr_ratio(
+            mdl, train_counts if seen_counts is None else seen_counts, real_counts)
+        rep = mdl.sampling_report_.get(t, {})
+        rows.append(dict(base, method=label, acceptance=rep.get("acceptance_rate", 1.0),
+                         sample_s=sample_s, **r))
+    return rows
+
+
 def run(name, seed, verbose):
     X, y = load_counts(name)
     train, test, rare = rare_split(y, seed=seed, cap=10, test_size=0.5)
@@ -107,7 +147,8 @@ def run(name, seed, verbose):
     X_log = norm.transform(X)
     rows, fit_s, models, aes = [], {}, {}, {}
     t0 = time.perf_counter()
-    models["10-shot"] = SCLD(random_state=seed, verbose=verbose).fit(X[train], y[train])
+    models["10-shot"] = SCLD(random_state=seed, verbose=verbose, **REVISION_1_SCLD).fit(
+        X[train], y[train])
     fit_s["10-shot"] = time.perf_counter() - t0
     for setup, (ae_name, scld_params) in SETUPS.items():
         t0 = time.perf_counter()
@@ -128,20 +169,10 @@ def run(name, seed, verbose):
         rows.append(dict(base, method=REFERENCE, c2st_auc=ref))
         train_log, train_counts = X_log[train][y[train] == t], X[train][y[train] == t]
         runs = [(f"{k} [pretrained AE]", models["pretrained AE"], v) for k, v in ABLATIONS.items()]
-        runs += [(f"{DEFAULT} [{setup}]", models[setup], {}) for setup in models
-                 if setup != "pretrained AE"]
-        for label, mdl, opts in runs:
-            ts = time.perf_counter()
-            Xs, _ = mdl.sample({t: n}, random_state=seed, **opts)
-            sample_s = time.perf_counter() - ts
-            syn_log = norm.transform(Xs)
-            r = score(real_log, syn_log, real_counts, Xs, seed)
-            r["dcr_ratio"] = metrics.dcr_ratio(train_log, syn_log, real_log, random_state=seed) \
-                if train_log.shape[0] >= 2 else float("nan")
-            r["latent_dcr_ratio"] = latent_dcr_ratio(mdl, train_counts, real_counts)
-            rep = mdl.sampling_report_.get(t, {})
-            rows.append(dict(base, method=label, acceptance=rep.get("acceptance_rate", 1.0),
-                             sample_s=sample_s, **r))
+        runs += [(f"{ALL_THREE} [{setup}]", models[setup], ABLATIONS[ALL_THREE])
+                 for setup in models if setup != "pretrained AE"]
+        rows += sampled_rows(base, runs, t, norm, real_log, real_counts, train_log, train_counts,
+                             seed)
         # what the autoencoder alone does to real cells: held-out cells encoded, decoded and
         # re-drawn with their own library sizes (a latent generator inherits this gap)
         gen = torch.Generator().manual_seed(seed)
@@ -159,6 +190,47 @@ def run(name, seed, verbose):
         r = score(real_log, syn_log, None, None, seed)
         r["dcr_ratio"] = metrics.dcr_ratio(train_log, syn_log, real_log, random_state=seed)
         rows.append(dict(base, method="SMOTE", **r))
+    return rows, fit_s
+
+
+def run_defaults(name, seed, verbose):
+    """Rows of the present default model (``DEFAULTS_SCLD``) under every sampling of ``ABLATIONS``:
+    ``[smoothing 4, 10-shot]`` fitted on the capped split; ``[smoothing 4, pretrained AE]`` on an
+    autoencoder pretrained on the whole training half; ``[smoothing 4, semi-supervised]`` fitted
+    in one call on the whole training half, the rare types' other training cells labelled -1."""
+    X, y = load_counts(name)
+    train, test, rare = rare_split(y, seed=seed, cap=10, test_size=0.5)
+    full_train, _, _ = rare_split(y, seed=seed, cap=None, test_size=0.5)
+    y_semi = y[full_train].astype(object)
+    y_semi[np.isin(y[full_train], rare) & ~np.isin(full_train, train)] = -1
+    norm = NormalizeLog1p().fit(X)
+    X_log = norm.transform(X)
+    fits = {
+        "smoothing 4, 10-shot": lambda: SCLD(random_state=seed, verbose=verbose, **DEFAULTS_SCLD)
+        .fit(X[train], y[train]),
+        "smoothing 4, pretrained AE": lambda: SCLD(
+            autoencoder=CellAutoencoder(random_state=seed, verbose=verbose).fit(X[full_train]),
+            random_state=seed, verbose=verbose, **DEFAULTS_SCLD).fit(X[train], y[train]),
+        "smoothing 4, semi-supervised": lambda: SCLD(random_state=seed, verbose=verbose,
+                                                     **DEFAULTS_SCLD).fit(X[full_train], y_semi),
+    }
+    models, fit_s = {}, {}
+    for setup, fit in fits.items():
+        t0 = time.perf_counter()
+        models[setup] = fit()
+        fit_s[setup] = time.perf_counter() - t0
+    rows = []
+    for t in rare:
+        held = test[y[test] == t]
+        base = dict(dataset=name, seed=seed, type=t, n_train=int((y[train] == t).sum()),
+                    n_heldout=len(held))
+        own = train[y[train] == t]
+        for setup, mdl in models.items():
+            runs = [(f"{k} [{setup}]", mdl, v) for k, v in ABLATIONS.items()]
+            # the semi-supervised model's diffusion saw the type's unlabelled cells too
+            seen = X[full_train[y[full_train] == t]] if "semi" in setup else None
+            rows += sampled_rows(base, runs, t, norm, X_log[held], X[held], X_log[own], X[own],
+                                 seed, seen_counts=seen)
     return rows, fit_s
 
 
@@ -212,6 +284,16 @@ def run_cached(run, datasets, seeds, cache_dir, *, recompute, verbose):
     return all_rows, fit_times, made_at
 
 
+def merge_cached(run, args, cache_dir, label, all_rows, fit_times, made_at):
+    """Add the cached rows of a further runner (its own cache) to those of the main one."""
+    rows, times, made = run_cached(run, args.datasets, args.seeds, cache_dir,
+                                   recompute=args.no_cache, verbose=not args.quiet)
+    all_rows += rows
+    for k, v in times.items():
+        fit_times[k] = {**fit_times.get(k, {}), **v}
+    made_at.update({f"{k} [{label}]": v for k, v in made.items()})
+
+
 def header_lines(title, script, args, made_at, fit_times, fit_label):
     """Report head: title, the command, the machine, where cached rows come from, fit times."""
     seeds = " ".join(str(s) for s in args.seeds)
@@ -254,9 +336,17 @@ def main(argv=None):
     parser.add_argument("--no-cache", action="store_true", help="recompute cached (data set, "
                         "seed) results")
     parser.add_argument("--quiet", action="store_true")
+    parser.add_argument("--skip-defaults", action="store_true",
+                        help="leave out the rows of the present default model (and their fits)")
     args = parser.parse_args(argv)
     all_rows, fit_times, made_at = run_cached(run, args.datasets, args.seeds, CACHE,
                                               recompute=args.no_cache, verbose=not args.quiet)
+    if not args.skip_defaults:
+        merge_cached(run_defaults, args, CACHE + "_defaults", "defaults", all_rows, fit_times,
+                     made_at)
+    for r in all_rows:
+        head, sep, setup = r["method"].partition(" [")
+        r["method"] = RENAMED.get(head, head) + sep + setup
     cols = ["dataset", "seed", "type", "method", "n_train", "n_heldout", "c2st_auc", "mmd",
             "mean_corr", "var_corr", "zero_frac_err", "lib_dist", "dcr_ratio", "latent_dcr_ratio",
             "acceptance"]
@@ -264,7 +354,14 @@ def main(argv=None):
         *header_lines("Fidelity of synthetic rare cells (held-out real cells as the reference)",
                       "fidelity.py", args, made_at, fit_times, "SCLD fit time"),
         "Half/half stratified split per seed; the three rarest types capped at 10 labelled "
-        "training cells. `[10-shot]`: autoencoder and diffusion trained on the capped split; "
+        "training cells. `[smoothing 4, ...]`: the present default model (`latent_smoothing=4`; "
+        "its default sampling is `SCLD conditional (w=1)`) trained on the capped split "
+        "(`10-shot`), on an autoencoder pretrained without labels on the whole training half "
+        "(`pretrained AE`), or in one call on the whole training half with the rare types' other "
+        "training cells labelled -1 (`semi-supervised`; its `latent_dcr_ratio` is measured "
+        "against all the type's training cells). The other set-ups are revision 1 (the first "
+        "defaults: no latent smoothing, sampled with all three guidances). "
+        "`[10-shot]`: autoencoder and diffusion trained on the capped split; "
         "`[pretrained AE]`: autoencoder pretrained without labels on the whole training half, "
         "diffusion on the capped labelled cells; `[gene-cell AE]`: the same with "
         "`CellAutoencoder(dispersion=\"gene-cell\")`; `[revision 2 ...]`: the settings tried as "

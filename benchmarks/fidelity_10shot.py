@@ -10,15 +10,16 @@ comes from one of two places:
   ``fidelity.py``. It has seen the capped types' other training cells, unlabelled: the case of
   many cells and few labels;
 - ``[AE on the capped split]``: trained by SCLD on the capped split, as ``SCLDOverSampler`` does
-  by default: a truly rare type, 10 cells in all.
+  when given only the labelled cells: a truly rare type, 10 cells in all.
 
 Rows, for each autoencoder:
 
 - ``copies``: the 10 training cells of the type themselves, encoded, decoded and re-drawn as
   counts (a generator that copies its training cells does exactly this);
-- SCLD with default settings and with ``latent_smoothing=4``, each sampled with all three
-  guidances (the default), with classifier-free guidance alone (w=2), and as plain conditional
-  sampling (w=1, no post-guidance), and with each post-guidance mechanism alone on top of w=1;
+- SCLD without latent smoothing (the first defaults) and with ``latent_smoothing=4`` (the
+  present defaults), each sampled with all three guidances (the first defaults), with
+  classifier-free guidance alone (w=2), as plain conditional sampling (w=1, no post-guidance: the
+  present defaults), and with each post-guidance mechanism alone on top of w=1;
 - SMOTE on the capped training split (log-normalised).
 
 ``[semi-supervised]`` rows (``run_semi``, cached apart) fit SCLD in one call on the whole training
@@ -51,6 +52,7 @@ from fidelity import (  # noqa: E402
     fmt,
     header_lines,
     latent_dcr_ratio,
+    merge_cached,
     run_cached,
     score,
     summary_lines,
@@ -61,19 +63,36 @@ from scaug.preprocessing import NormalizeLog1p  # noqa: E402
 
 CACHE = os.path.join(os.path.dirname(os.path.abspath(__file__)), ".cache", "fidelity_10shot")
 N_HELDOUT = 300  # held-out cells per type that judge the synthetic ones
-MODELS = {"SCLD": {}, "SCLD latent smoothing 4": dict(latent_smoothing=4.0)}
+# settings in full, so that a change of scaug's defaults never changes what a row means; the
+# defaults are "SCLD latent smoothing 4" sampled "conditional (w=1)"
+MODELS = {"SCLD no smoothing": dict(latent_smoothing=0.0),
+          "SCLD latent smoothing 4": dict(latent_smoothing=4.0)}
 # where the autoencoder comes from: pretrained without labels on the whole training half (it has
 # seen the capped types' other cells, unlabelled), or trained by SCLD on the capped split only
 # (a truly rare type: 10 cells in all)
 PRETRAINED, CAPPED = "pretrained AE", "AE on the capped split"
 SAMPLING = {
-    "all three (default)": {},
-    "CFG only (w=2)": dict(classifier_scale=0.0, screening=False),
+    "all three guidances": dict(guidance_scale=2.0, classifier_scale=1.0, screening=True),
+    "CFG only (w=2)": dict(guidance_scale=2.0, classifier_scale=0.0, screening=False),
     "conditional (w=1)": dict(guidance_scale=1.0, classifier_scale=0.0, screening=False),
     # which post-guidance mechanism moves the score: each alone on top of w=1
-    "w=1 + classifier guidance": dict(guidance_scale=1.0, screening=False),
-    "w=1 + screening": dict(guidance_scale=1.0, classifier_scale=0.0),
+    "w=1 + classifier guidance": dict(guidance_scale=1.0, classifier_scale=1.0, screening=False),
+    "w=1 + screening": dict(guidance_scale=1.0, classifier_scale=0.0, screening=True),
 }
+# rows cached before the defaults changed carry the names of then: "SCLD" was the model without
+# latent smoothing, "all three (default)" its default sampling
+RENAMED_PREFIX = {"SCLD, ": "SCLD no smoothing, "}
+RENAMED_PART = {"all three (default)": "all three guidances"}
+
+
+def renamed(method: str) -> str:
+    for old, new in RENAMED_PREFIX.items():
+        if method.startswith(old):
+            method = new + method[len(old):]
+    for old, new in RENAMED_PART.items():
+        method = method.replace(old, new)
+    return method
+FIRST = next(iter(MODELS))  # fitted first; on the capped split it trains the autoencoder
 COPIES = "copies: the 10 training cells re-drawn"
 SEMI = "semi-supervised"
 
@@ -91,14 +110,14 @@ def run(name, seed, verbose):
     for ae_label in (PRETRAINED, CAPPED):
         for label, params in MODELS.items():
             # the capped split's autoencoder is trained by the first SCLD fit, then reused
-            ae = pretrained if ae_label == PRETRAINED else models.get(f"SCLD [{ae_label}]")
+            ae = pretrained if ae_label == PRETRAINED else models.get(f"{FIRST} [{ae_label}]")
             ae = ae.autoencoder_ if isinstance(ae, SCLD) else ae
             key = f"{label} [{ae_label}]"
             t0 = time.perf_counter()
             models[key] = SCLD(autoencoder=ae, random_state=seed, verbose=verbose,
                                **params).fit(X[train], y[train])
             fit_s[key] = time.perf_counter() - t0
-    autoencoders = {PRETRAINED: pretrained, CAPPED: models[f"SCLD [{CAPPED}]"].autoencoder_}
+    autoencoders = {PRETRAINED: pretrained, CAPPED: models[f"{FIRST} [{CAPPED}]"].autoencoder_}
     rng = np.random.default_rng(seed)
     gen = torch.Generator().manual_seed(seed)
     rows = []
@@ -178,12 +197,9 @@ def main(argv=None):
     all_rows, fit_times, made_at = run_cached(run, args.datasets, args.seeds, CACHE,
                                               recompute=args.no_cache, verbose=not args.quiet)
     if not args.skip_semi:
-        rows, times, made = run_cached(run_semi, args.datasets, args.seeds, CACHE + "_semi",
-                                       recompute=args.no_cache, verbose=not args.quiet)
-        all_rows += rows
-        for k, v in times.items():
-            fit_times[k] = {**fit_times.get(k, {}), **v}
-        made_at.update({f"{k} [{SEMI}]": v for k, v in made.items()})
+        merge_cached(run_semi, args, CACHE + "_semi", SEMI, all_rows, fit_times, made_at)
+    for r in all_rows:
+        r["method"] = renamed(r["method"])
     lines = [
         *header_lines("Fidelity of 10-shot synthetic cells, judged on hundreds of held-out cells",
                       "fidelity_10shot.py", args, made_at, fit_times, "Fit time"),
@@ -191,7 +207,11 @@ def main(argv=None):
         "capped at 10 labelled training cells. `[pretrained AE]`: the autoencoder pretrained "
         "without labels on the whole training half (it has seen the capped types' other cells, "
         "unlabelled); `[AE on the capped split]`: trained by SCLD on the capped split (a truly "
-        f"rare type, 10 cells in all). Each type is judged on up to {N_HELDOUT} of its held-out cells "
+        "rare type, 10 cells in all); `[semi-supervised]`: SCLD fitted in one call on the whole "
+        "training half, the capped types' other training cells labelled -1 (their "
+        "`latent_dcr_ratio` is measured against all the type's training cells). `SCLD latent "
+        "smoothing 4, conditional (w=1)` is the present defaults; `SCLD no smoothing, all three "
+        "guidances` the first ones. Each type is judged on up to {N_HELDOUT} of its held-out cells "
         "(seen by no model), in log-normalised space. Columns as in `fidelity.md`: `c2st_auc` "
         "0.5 = indistinguishable (the reference compares two halves of the held-out cells); "
         "`latent_dcr_ratio` near 0 = copies of training latents, about 1 = as new as held-out "

@@ -22,7 +22,7 @@ model = SCLD(random_state=0, verbose=False).fit(X_train, y_train)
 rare = model.classes_[np.argmin(model.class_counts_)]
 X_syn, y_syn = model.sample({rare: 50}, random_state=0)
 print(f"{X_syn.shape[0]} synthetic {rare!r} cells, integer counts:",
-      bool(np.all(X_syn.data == np.round(X_syn.data))), "| screening:", model.sampling_report_[rare])
+      bool(np.all(X_syn.data == np.round(X_syn.data))), "|", model.sampling_report_[rare])
 
 # 2. In a pipeline: reuse the fitted model so the oversampler does not retrain it.
 pipe = Pipeline([

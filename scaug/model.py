@@ -86,23 +86,25 @@ class SCLD(BaseEstimator):
     learning_rate : float, default=1e-3
     label_dropout : float, default=0.15
         Fraction of training steps that see the null label (classifier-free guidance).
-    latent_smoothing : float, default=0.0
+    latent_smoothing : float, default=4.0
         The denoiser learns each type's latents with Gaussian noise of ``latent_smoothing /
         sqrt(n)`` times the type's sd (``n`` its cells; at most 1), the type's variance kept (a
-        smoothed bootstrap). Without it, a type of a few cells is learned as those few points and
-        sampled back as near-copies of them (``docs/fidelity.md``). 0 switches it off. With an
-        autoencoder pretrained on cells that include the type's, ``latent_smoothing=4`` sampled
-        with ``guidance_scale=1`` and ``classifier_scale=0`` gave the most realistic 10-shot
-        cells measured; guidance undoes much of it (``docs/fidelity_10shot.md``).
-    guidance_scale : float, default=2.0
+        smoothed bootstrap). Without it (0), a type of a few cells is learned as those few points
+        and sampled back as near-copies of them (``docs/fidelity_10shot.md``); the noise fades as
+        a type grows (a 1600-cell type gets 10 % of its sd).
+    guidance_scale : float, default=1.0
         Classifier-free guidance weight ``w`` in ``eps_u + w * (eps_c - eps_u)``; 1 is plain
-        conditional sampling, 0 ignores the label. Ignored when fitted without labels.
-    classifier_scale : float, default=1.0
-        Classifier-guidance scale; 0 switches classifier guidance off.
-    screening : bool, default=True
-        Keep a synthetic cell only if the latent classifier gives the target type at least
-        ``screening_threshold`` and its nearest real latent of the type is within the
-        ``screening_quantile`` of the type's real nearest-neighbour distances (times
+        conditional sampling (the default: on 10-shot types, ``w=2`` made cells easier to tell
+        from real ones), above 1 pushes cells toward what is typical of the type, 0 ignores the
+        label. Ignored when fitted without labels.
+    classifier_scale : float, default=0.0
+        Classifier-guidance scale (post-guidance); 0, the default, switches it off. It steers
+        samples toward the type's decision region and away from realistic cells
+        (``docs/fidelity_10shot.md``).
+    screening : bool, default=False
+        Post-guidance screening: keep a synthetic cell only if the latent classifier gives the
+        target type at least ``screening_threshold`` and its nearest real latent of the type is
+        within the ``screening_quantile`` of the type's real nearest-neighbour distances (times
         ``screening_tolerance``); redraw up to ``max_rounds`` times.
     screening_threshold : float, default=0.5
     screening_quantile : float, default=0.9
@@ -157,8 +159,8 @@ class SCLD(BaseEstimator):
 
     def __init__(self, *, autoencoder=None, n_latent=16, ae_hidden=(256, 128), width=128, depth=3,
                  max_epochs=None, diffusion_steps=None, batch_size=256, learning_rate=1e-3,
-                 label_dropout=0.15, latent_smoothing=0.0, guidance_scale=2.0, classifier_scale=1.0,
-                 screening=True, screening_threshold=0.5, screening_quantile=0.9,
+                 label_dropout=0.15, latent_smoothing=4.0, guidance_scale=1.0, classifier_scale=0.0,
+                 screening=False, screening_threshold=0.5, screening_quantile=0.9,
                  screening_tolerance=1.0, max_rounds=10, n_sample_steps=50, sampler="ddim",
                  device="auto", random_state=None, verbose=True):
         self.autoencoder = autoencoder
@@ -263,10 +265,12 @@ class SCLD(BaseEstimator):
         y : array-like of shape (n_cells,), optional
             Cell-type labels (any hashable values). Without labels only holistic synthesis is
             possible. Cells labelled ``-1`` are unlabelled (scikit-learn's semi-supervised
-            convention): they train the autoencoder and the diffusion model under the null label,
-            but not the latent classifier, and ``-1`` is not a type that can be generated. Many
-            unlabelled cells beside a few labelled ones of a rare type are what lets the
-            autoencoder render that type's unseen cells (``docs/fidelity_10shot.md``).
+            convention; for string labels use ``np.where(annotated, labels.astype(object), -1)``,
+            as the string ``"-1"`` is refused as ambiguous): they train the autoencoder and the
+            diffusion model under the null label, but not the latent classifier, and ``-1`` is
+            not a type that can be generated. Many unlabelled cells beside a few labelled ones of
+            a rare type are what lets the autoencoder render that type's unseen cells
+            (``docs/fidelity_10shot.md``).
         """
         device = self._check_params()
         names = _utils.feature_names(X)

@@ -44,8 +44,9 @@ def test_sample_shapes_counts_and_labels(fitted):
     assert np.all(values >= 0) and np.array_equal(values, np.round(values))
     assert list(y_syn) == ["type_3"] * 12 + ["type_0"] * 5
     assert list(fitted.classes_) == ["type_0", "type_1", "type_2", "type_3"]
-    rep = fitted.sampling_report_["type_3"]
-    assert rep["requested"] == 12 and 0 < rep["acceptance_rate"] <= 1
+    # no screening by default: exactly the cells asked for are drawn
+    assert fitted.sampling_report_["type_3"] == {"requested": 12, "drawn": 12, "accepted": 12,
+                                                 "acceptance_rate": 1.0}
 
 
 def test_holistic_sampling_follows_training_proportions(fitted, data):
@@ -345,6 +346,9 @@ def test_smoothed_bootstrap_keeps_each_types_mean_and_variance():
     np.testing.assert_allclose(draws.mean(0), Z[1000:].mean(0), atol=0.02)
     np.testing.assert_allclose(draws.var(0), Z[1000:].var(0), rtol=0.03)
     assert np.array_equal(_smoothed_bootstrap(Z, codes, 0.0)[0], Z)
+    # unlabelled cells (code -1) are no type: learned as they are
+    centre, sd = _smoothed_bootstrap(Z, np.where(codes == 0, -1, codes), strength=4.0)
+    assert np.array_equal(centre[:1000], Z[:1000]) and not sd[:1000].any()
 
 
 def test_latent_smoothing_stops_a_few_cell_type_from_being_copied(data, autoencoder):

@@ -109,6 +109,24 @@ def test_float_strategy_binary(binary):
     check_output(X, y, X_res, y_res, sampler)
 
 
+def test_unlabelled_cells_are_kept_and_not_oversampled(dense):
+    X, y = dense
+    # integer labels, as scikit-learn's semi-supervised estimators expect them
+    y = LabelEncoder().fit_transform(y)
+    y_semi = y.copy()
+    y_semi[np.flatnonzero(y == 0)[:50]] = -1  # 50 unlabelled: the largest group
+    sampler = fast()
+    X_res, y_res = sampler.fit_resample(X, y_semi)
+    labelled = Counter(y[y_semi != -1])
+    # 'auto' raises every labelled type to the largest labelled one; -1 is no class
+    assert dict(sampler.sampling_strategy_) == {
+        t: max(labelled.values()) - n for t, n in labelled.items() if n < max(labelled.values())}
+    assert Counter(y_res) == {**{t: max(labelled.values()) for t in labelled}, -1: 50}
+    np.testing.assert_array_equal(X_res[: len(y)], X)
+    assert list(y_res[: len(y)]) == list(y_semi)
+    assert sampler.model_.n_unlabelled_ == 50
+
+
 def test_counts_in_counts_out_and_continuous_in_continuous_out(dense):
     X, y = dense
     X_res, _ = fast(sampling_strategy="minority").fit_resample(X, y)
