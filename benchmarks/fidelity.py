@@ -284,14 +284,38 @@ def run_cached(run, datasets, seeds, cache_dir, *, recompute, verbose):
     return all_rows, fit_times, made_at
 
 
-def merge_cached(run, args, cache_dir, label, all_rows, fit_times, made_at):
-    """Add the cached rows of a further runner (its own cache) to those of the main one."""
-    rows, times, made = run_cached(run, args.datasets, args.seeds, cache_dir,
-                                   recompute=args.no_cache, verbose=not args.quiet)
-    all_rows += rows
-    for k, v in times.items():
-        fit_times[k] = {**fit_times.get(k, {}), **v}
-    made_at.update({f"{k} [{label}]": v for k, v in made.items()})
+def base_parser(doc, out, seeds):
+    """The command line the fidelity scripts share."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--datasets", nargs="+", default=["cbmc", "pbmc3k"])
+    parser.add_argument("--seeds", nargs="+", type=int, default=seeds)
+    parser.add_argument("--out", default=os.path.join(DOCS, out))
+    parser.add_argument("--no-cache", action="store_true", help="recompute cached (data set, "
+                        "seed) results")
+    parser.add_argument("--quiet", action="store_true")
+    return parser
+
+
+def collect_rows(args, runners, rename):
+    """Rows, fit times and provenance of ``(runner, cache folder, label)`` runners, each cached
+    apart (the first is the main one, unlabelled); methods renamed by ``rename``."""
+    all_rows, fit_times, made_at = [], {}, {}
+    for run, cache_dir, label in runners:
+        rows, times, made = run_cached(run, args.datasets, args.seeds, cache_dir,
+                                       recompute=args.no_cache, verbose=not args.quiet)
+        all_rows += rows
+        for k, v in times.items():
+            fit_times[k] = {**fit_times.get(k, {}), **v}
+        made_at.update({(f"{k} [{label}]" if label else k): v for k, v in made.items()})
+    for r in all_rows:
+        r["method"] = rename(r["method"])
+    return all_rows, fit_times, made_at
+
+
+def renamed(method):
+    """A cached row's method under its present name."""
+    head, sep, setup = method.partition(" [")
+    return RENAMED.get(head, head) + sep + setup
 
 
 def header_lines(title, script, args, made_at, fit_times, fit_label):
@@ -329,24 +353,14 @@ def summary_lines(rows, datasets):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--datasets", nargs="+", default=["cbmc", "pbmc3k"])
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0])
-    parser.add_argument("--out", default=os.path.join(DOCS, "fidelity"))
-    parser.add_argument("--no-cache", action="store_true", help="recompute cached (data set, "
-                        "seed) results")
-    parser.add_argument("--quiet", action="store_true")
+    parser = base_parser(__doc__, "fidelity", seeds=[0])
     parser.add_argument("--skip-defaults", action="store_true",
                         help="leave out the rows of the present default model (and their fits)")
     args = parser.parse_args(argv)
-    all_rows, fit_times, made_at = run_cached(run, args.datasets, args.seeds, CACHE,
-                                              recompute=args.no_cache, verbose=not args.quiet)
+    runners = [(run, CACHE, None)]
     if not args.skip_defaults:
-        merge_cached(run_defaults, args, CACHE + "_defaults", "defaults", all_rows, fit_times,
-                     made_at)
-    for r in all_rows:
-        head, sep, setup = r["method"].partition(" [")
-        r["method"] = RENAMED.get(head, head) + sep + setup
+        runners.append((run_defaults, CACHE + "_defaults", "defaults"))
+    all_rows, fit_times, made_at = collect_rows(args, runners, renamed)
     cols = ["dataset", "seed", "type", "method", "n_train", "n_heldout", "c2st_auc", "mmd",
             "mean_corr", "var_corr", "zero_frac_err", "lib_dist", "dcr_ratio", "latent_dcr_ratio",
             "acceptance"]

@@ -36,7 +36,6 @@ docs/fidelity_10shot.md and docs/fidelity_10shot.json.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
@@ -46,14 +45,14 @@ import torch
 from imblearn.over_sampling import SMOTE
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import DOCS, load_counts, machine, rare_split, write_json  # noqa: E402
+from _common import load_counts, machine, rare_split, write_json  # noqa: E402
 from fidelity import (  # noqa: E402
     REFERENCE,
+    base_parser,
+    collect_rows,
     fmt,
     header_lines,
     latent_dcr_ratio,
-    merge_cached,
-    run_cached,
     score,
     summary_lines,
 )
@@ -185,21 +184,12 @@ def run_semi(name, seed, verbose):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--datasets", nargs="+", default=["cbmc", "pbmc3k"])
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--out", default=os.path.join(DOCS, "fidelity_10shot"))
-    parser.add_argument("--no-cache", action="store_true")
-    parser.add_argument("--quiet", action="store_true")
+    parser = base_parser(__doc__, "fidelity_10shot", seeds=[0, 1, 2])
     parser.add_argument("--skip-semi", action="store_true",
                         help="leave out the [semi-supervised] rows (and their fits)")
     args = parser.parse_args(argv)
-    all_rows, fit_times, made_at = run_cached(run, args.datasets, args.seeds, CACHE,
-                                              recompute=args.no_cache, verbose=not args.quiet)
-    if not args.skip_semi:
-        merge_cached(run_semi, args, CACHE + "_semi", SEMI, all_rows, fit_times, made_at)
-    for r in all_rows:
-        r["method"] = renamed(r["method"])
+    runners = [(run, CACHE, None)] + ([] if args.skip_semi else [(run_semi, CACHE + "_semi", SEMI)])
+    all_rows, fit_times, made_at = collect_rows(args, runners, renamed)
     lines = [
         *header_lines("Fidelity of 10-shot synthetic cells, judged on hundreds of held-out cells",
                       "fidelity_10shot.py", args, made_at, fit_times, "Fit time"),
