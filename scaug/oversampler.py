@@ -286,6 +286,29 @@ class SCLDOverSampler(BaseOverSampler):
         return new
 
     # -- resampling ----------------------------------------------------------------------------
+    def fit_resample(self, X, y, **params):
+        """Resample ``X, y``: the original cells, then synthetic cells of the classes to grow.
+
+        Parameters
+        ----------
+        X : {array-like, dataframe, sparse matrix} of shape (n_samples, n_features)
+        y : array-like of shape (n_samples,)
+            Class labels; ``-1`` marks unlabelled cells (integer labels only).
+
+        Returns
+        -------
+        X_resampled, y_resampled
+        """
+        labels = np.asarray(y.to_numpy() if hasattr(y, "to_numpy") else y)
+        if labels.dtype == object and _utils.unlabelled_mask(labels).any() and any(
+                isinstance(v, str) for v in labels):
+            # scikit-learn cannot sort str and int labels together: say so before it fails
+            raise ValueError("y mixes string class labels with -1 for unlabelled cells. Encode "
+                             "the labelled cells' classes as integers (LabelEncoder) and keep -1 "
+                             "for the unlabelled ones, as scikit-learn's semi-supervised "
+                             "estimators require.")
+        return super().fit_resample(X, y, **params)
+
     def _fit_resample(self, X, y):
         unlabelled = _utils.unlabelled_mask(np.asarray(y))
         if unlabelled.any():  # not a class: the sampling strategy counts the labelled cells only

@@ -125,6 +125,9 @@ def test_unlabelled_cells_are_kept_and_not_oversampled(dense):
     np.testing.assert_array_equal(X_res[: len(y)], X)
     assert list(y_res[: len(y)]) == list(y_semi)
     assert sampler.model_.n_unlabelled_ == 50
+    mixed = np.where(y_semi == -1, -1, dense[1].astype(object))  # string types and -1
+    with pytest.raises(ValueError, match="mixes string class labels with -1"):
+        fast().fit_resample(X, mixed)
 
 
 def test_counts_in_counts_out_and_continuous_in_continuous_out(dense):
