@@ -190,7 +190,8 @@ def run_redraw(name, seed, verbose):
 
     Encode, decode, draw counts with their own library sizes: how realistic the autoencoder can
     render the type's unseen cells at all: about the best a latent generator on it can do. The
-    autoencoders are refitted as ``run`` fits them (same settings and seed).
+    autoencoders are refitted with the settings ``run`` uses (the capped-split one from the plain
+    seed: ``run``'s was trained inside SCLD, from a seed derived from it).
     """
     X, y = load_counts(name)
     train, test, capped = rare_split(y, seed=seed, cap=10, test_size=0.5, largest=True)
