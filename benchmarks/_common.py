@@ -96,3 +96,16 @@ def rare_split(y, *, seed: int, test_size: float = 0.3, n_rare: int = 3, cap: in
             parts.append(rng.choice(members, size=min(cap, len(members)), replace=False))
         train = np.sort(np.concatenate(parts))
     return train, test, rare
+
+
+def semi_supervised_split(y, *, seed: int, largest: bool = False):
+    """The half/half ``rare_split`` capped at 10 labelled cells, and the whole training half with
+    the capped types' other cells labelled -1 (unlabelled), for a semi-supervised fit.
+
+    Returns ``train, test, capped, full_train, y_semi`` (``y_semi`` aligned with ``full_train``).
+    """
+    train, test, capped = rare_split(y, seed=seed, cap=10, test_size=0.5, largest=largest)
+    full_train, _, _ = rare_split(y, seed=seed, cap=None, test_size=0.5)
+    y_semi = y[full_train].astype(object)
+    y_semi[np.isin(y[full_train], capped) & ~np.isin(full_train, train)] = -1
+    return train, test, capped, full_train, y_semi

@@ -51,7 +51,14 @@ from imblearn.over_sampling import SMOTE
 from sklearn.neighbors import NearestNeighbors
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import DOCS, load_counts, machine, rare_split, write_json  # noqa: E402
+from _common import (  # noqa: E402
+    DOCS,
+    load_counts,
+    machine,
+    rare_split,
+    semi_supervised_split,
+    write_json,
+)
 
 CACHE = os.path.join(os.path.dirname(os.path.abspath(__file__)), ".cache", "fidelity")
 
@@ -199,10 +206,7 @@ def run_defaults(name, seed, verbose):
     autoencoder pretrained on the whole training half; ``[smoothing 4, semi-supervised]`` fitted
     in one call on the whole training half, the rare types' other training cells labelled -1."""
     X, y = load_counts(name)
-    train, test, rare = rare_split(y, seed=seed, cap=10, test_size=0.5)
-    full_train, _, _ = rare_split(y, seed=seed, cap=None, test_size=0.5)
-    y_semi = y[full_train].astype(object)
-    y_semi[np.isin(y[full_train], rare) & ~np.isin(full_train, train)] = -1
+    train, test, rare, full_train, y_semi = semi_supervised_split(y, seed=seed)
     norm = NormalizeLog1p().fit(X)
     X_log = norm.transform(X)
     fits = {

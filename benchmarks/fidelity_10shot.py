@@ -47,7 +47,13 @@ import torch
 from imblearn.over_sampling import SMOTE
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import load_counts, machine, rare_split, write_json  # noqa: E402
+from _common import (  # noqa: E402
+    load_counts,
+    machine,
+    rare_split,
+    semi_supervised_split,
+    write_json,
+)
 from fidelity import (  # noqa: E402
     REFERENCE,
     base_parser,
@@ -156,10 +162,7 @@ def run(name, seed, verbose):
 def run_semi(name, seed, verbose):
     """``[semi-supervised]`` rows: SCLD fitted on the training half, capped cells unlabelled."""
     X, y = load_counts(name)
-    train, test, capped = rare_split(y, seed=seed, cap=10, test_size=0.5, largest=True)
-    full_train, _, _ = rare_split(y, seed=seed, cap=None, test_size=0.5)
-    y_semi = y[full_train].astype(object)
-    y_semi[np.isin(y[full_train], capped) & ~np.isin(full_train, train)] = -1
+    train, test, capped, full_train, y_semi = semi_supervised_split(y, seed=seed, largest=True)
     norm = NormalizeLog1p().fit(X)
     X_log = norm.transform(X)
     models, fit_s = {}, {}
