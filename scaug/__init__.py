@@ -1,15 +1,54 @@
-"""scaug: rare-cell data augmentation for single-cell RNA-seq classifiers."""
+"""scaug: rare-cell data augmentation for single-cell RNA-seq classifiers.
 
+The package imports its submodules lazily (PEP 562): ``import scaug`` is instant, and torch,
+scanpy and the model load on first use of ``scaug.SCLD``, ``scaug.tl`` and the like, so that
+``scaug --help`` answers at once.
+"""
+
+from __future__ import annotations
+
+import importlib
 from importlib.metadata import PackageNotFoundError, version
-
-from . import datasets, preprocessing
-from .autoencoder import CellAutoencoder
-from .model import SCLD
-from .oversampler import SCLDOverSampler
+from typing import TYPE_CHECKING
 
 try:
     __version__ = version("scaug")
 except PackageNotFoundError:  # running from a source tree that was not installed
     __version__ = "0.0.0"
 
-__all__ = ["SCLD", "SCLDOverSampler", "CellAutoencoder", "datasets", "preprocessing", "__version__"]
+#: public name -> (module, attribute or None for the module itself)
+_LAZY = {
+    "SCLD": ("model", "SCLD"),
+    "CellAutoencoder": ("autoencoder", "CellAutoencoder"),
+    "SCLDOverSampler": ("oversampler", "SCLDOverSampler"),
+    "datasets": ("datasets", None),
+    "preprocessing": ("preprocessing", None),
+    "metrics": ("metrics", None),
+    "tl": ("tl", None),
+    "pl": ("pl", None),
+}
+
+__all__ = ["SCLD", "SCLDOverSampler", "CellAutoencoder", "datasets", "preprocessing", "metrics",
+           "tl", "pl", "__version__"]
+
+if TYPE_CHECKING:  # static tools see the eager imports
+    from . import datasets, metrics, pl, preprocessing, tl
+    from .autoencoder import CellAutoencoder
+    from .model import SCLD
+    from .oversampler import SCLDOverSampler
+
+
+def __getattr__(name: str):
+    try:
+        module, attr = _LAZY[name]
+    except KeyError:
+        raise AttributeError(f"module 'scaug' has no attribute {name!r}") from None
+    value = importlib.import_module(f".{module}", __name__)
+    if attr is not None:
+        value = getattr(value, attr)
+    globals()[name] = value  # cached: later look-ups skip this function
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

@@ -1,0 +1,481 @@
+"""AnnData entry points in scanpy's style: ``scaug.tl.augment``, ``scaug.tl.fit``, ``scaug.tl.sample``.
+
+Each takes the data first and keyword-only options after it, reads counts from ``X`` or a layer,
+and returns a new object: the AnnData given is never modified.
+
+What :func:`augment` returns, for an input of ``n`` cells and ``m`` synthetic ones:
+
+- the ``n`` original cells first, unchanged, then the ``m`` synthetic cells, type by type;
+- the counts for all ``n + m`` cells where they were read from (``X`` or ``layers[layer]``), with
+  the input's dtype and sparse format (sparse stays sparse);
+- **every other per-cell matrix is dropped**, because scaug cannot derive it for synthetic cells:
+  ``X`` when the counts come from a layer (it is ``None`` in the result), the other layers,
+  ``obsm``, ``obsp`` and ``raw``. Their names are listed in ``uns["scaug"]["dropped"]``; the real
+  cells' values are still in the input. Recompute what you need on the result, e.g.
+  ``aug.X = aug.layers["counts"].copy(); sc.pp.normalize_total(aug); sc.pp.log1p(aug)``;
+- ``var``, ``varm`` and ``uns`` copied unchanged (gene-level, valid for synthetic cells too);
+- ``obs[labels_key]``: the type of every cell (categories kept); ``obs[key_added]``: ``False`` for
+  real and ``True`` for synthetic cells; every other ``obs`` column missing (NA) for synthetic
+  cells, with its categories kept (boolean and integer columns become pandas' nullable
+  ``boolean`` and ``Int64`` so that they can hold NA);
+- unique obs names: synthetic cells are named ``"{key_added}-0"``, ``"{key_added}-1"`` ...
+  (prefixed with ``"scaug-"`` while such names are taken);
+- ``uns["scaug"]``: the scaug version, the parameters, the cells generated per type and the
+  sampling report of :meth:`scaug.SCLD.sample`. The result can be written with ``write_h5ad``.
+
+Cells whose label is missing (NA) in ``obs[labels_key]`` are unlabelled: SCLD learns from them
+without a label (as ``-1`` in :meth:`scaug.SCLD.fit`), ``sampling_strategy`` counts only the
+labelled cells, and no cell is generated without a type.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import os
+from numbers import Integral, Real
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+#: :meth:`SCLD.sample` options that may be changed on a fitted model
+SAMPLE_OPTIONS = ("guidance_scale", "classifier_scale", "screening", "screening_threshold",
+                  "n_sample_steps", "sampler")
+
+__all__ = ["augment", "fit", "sample"]
+
+
+# -- reading an AnnData --------------------------------------------------------------------------
+def counts_of(adata, layer=None):
+    """The matrix scaug reads: ``adata.layers[layer]``, or ``adata.X`` when ``layer`` is None."""
+    if layer is None:
+        if adata.X is None:
+            raise ValueError("adata.X is None; pass layer= to name the layer holding the counts.")
+        return adata.X
+    if layer not in adata.layers:
+        raise KeyError(f"layer {layer!r} is not in adata.layers; the layers are "
+                       f"{list(adata.layers)}.")
+    return adata.layers[layer]
+
+
+def labels_of(adata, labels_key):
+    """``obs[labels_key]`` as an object array, missing labels (NA) turned into -1 (unlabelled)."""
+    if labels_key not in adata.obs.columns:
+        raise KeyError(f"labels_key {labels_key!r} is not a column of adata.obs; the columns are "
+                       f"{list(adata.obs.columns)}.")
+    column = adata.obs[labels_key]
+    y = column.astype(object).to_numpy(copy=True)
+    missing = column.isna().to_numpy()
+    y[missing] = -1
+    return y, ~missing
+
+
+def _gene_names(adata):
+    return np.asarray(adata.var_names.astype(str), dtype=object)
+
+
+def _scld():
+    from .model import SCLD
+
+    return SCLD
+
+
+def _fit_scld(X, y, names, params):
+    SCLD = _scld()
+    model = SCLD(**params)
+    if "feature_names" in inspect.signature(SCLD.fit).parameters:
+        model.fit(X, y, feature_names=names)
+    else:  # pragma: no cover - model layers without the feature_names argument
+        model.fit(X, y)
+        model.feature_names_in_ = names
+    return model
+
+
+def fit(adata, labels_key=None, *, layer=None, **params):
+    """Fit an :class:`~scaug.SCLD` on the counts of an AnnData; it remembers ``var_names``.
+
+    Parameters
+    ----------
+    adata : AnnData
+        Cells x genes, integer counts (preferred) or continuous expression in ``X`` or ``layer``.
+    labels_key : str or None, default=None
+        Column of ``adata.obs`` with the cell types; cells where it is missing (NA) are learned
+        from without a label. ``None`` fits a model without labels (holistic synthesis only).
+    layer : str or None, default=None
+        Layer holding the counts; ``None`` reads ``X``.
+    **params
+        Parameters of :class:`~scaug.SCLD` (``random_state``, ``device``, ``max_epochs``,
+        ``verbose``, ``autoencoder`` for a pretrained encoder ...).
+
+    Returns
+    -------
+    model : SCLD
+        The fitted model, with ``feature_names_in_`` set to ``adata.var_names``, so that
+        :func:`sample` names the genes and a reused model refuses other genes.
+
+    See Also
+    --------
+    augment : Fit (or reuse) a model and add synthetic cells to an AnnData in one call.
+
+    Examples
+    --------
+    >>> import scaug
+    >>> adata = scaug.datasets.simulate(n_cells=120, n_genes=20, n_types=2, n_markers=5,
+    ...                                 random_state=0)
+    >>> tiny = dict(n_latent=4, ae_hidden=(16,), width=16, depth=1, diffusion_steps=10,
+    ...             max_epochs=1, n_sample_steps=3, verbose=False, random_state=0)
+    >>> model = scaug.tl.fit(adata, "cell_type", **tiny)
+    >>> list(model.feature_names_in_[:2]) == list(adata.var_names[:2])
+    True
+    """
+    X = counts_of(adata, layer)
+    y = None if labels_key is None else labels_of(adata, labels_key)[0]
+    return _fit_scld(X, y, _gene_names(adata), params)
+
+
+# -- the result ----------------------------------------------------------------------------------
+def _plain(value):
+    """A value that ``write_h5ad`` can store in ``uns`` (None values are left out by the caller)."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items() if v is not None}
+    if isinstance(value, tuple | list):
+        return [_plain(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, str | bool | Integral | Real):
+        return value
+    return repr(value)
+
+
+def _model_params(model):
+    return _plain({k: v for k, v in model.get_params(deep=False).items() if k != "autoencoder"})
+
+
+def _synthetic_names(key_added, m, taken):
+    prefix = str(key_added)
+    while True:
+        names = pd.Index([f"{prefix}-{i}" for i in range(m)])
+        if not names.isin(taken).any():
+            return names
+        prefix = f"scaug-{prefix}"
+
+
+def _with_na(column, m):
+    """``column`` followed by ``m`` missing values, its dtype (and categories) kept if it can be."""
+    if isinstance(column.dtype, pd.CategoricalDtype):
+        tail = pd.Categorical.from_codes(np.full(m, -1), dtype=column.dtype)
+        return pd.Categorical(np.r_[column.astype(object).to_numpy(), tail.astype(object)],
+                              dtype=column.dtype)
+    if column.dtype.kind == "b":
+        column = column.astype("boolean")
+    elif column.dtype.kind in "iu":
+        column = column.astype("Int64")
+    nullable = isinstance(column.dtype, pd.api.extensions.ExtensionDtype)
+    tail = pd.Series([pd.NA if nullable else np.nan] * m, dtype=column.dtype)
+    return pd.concat([column.reset_index(drop=True), tail], ignore_index=True).array
+
+
+def _stack_obs(obs, y_syn, labels_key, key_added, names):
+    m = len(names)
+    data = {col: _with_na(obs[col], m) for col in obs.columns
+            if col not in (labels_key, key_added)}
+    labels = obs[labels_key]
+    if isinstance(labels.dtype, pd.CategoricalDtype):
+        data[labels_key] = pd.Categorical(np.r_[labels.astype(object).to_numpy(), y_syn],
+                                          dtype=labels.dtype)
+    else:
+        data[labels_key] = np.r_[labels.to_numpy(dtype=object), y_syn]
+    data[key_added] = np.r_[np.zeros(len(obs), dtype=bool), np.ones(m, dtype=bool)]
+    out = pd.DataFrame(data, index=obs.index.append(names))
+    return out[[c for c in obs.columns if c != key_added] + [key_added]]
+
+
+def _like(X_syn, X):
+    """Synthetic rows in the container, sparse format and dtype of the input matrix ``X``."""
+    if sp.issparse(X):
+        return sp.csr_matrix(X_syn).asformat(X.format).astype(X.dtype)
+    return np.asarray(X_syn.toarray() if sp.issparse(X_syn) else X_syn, dtype=X.dtype)
+
+
+def _stack(X, X_new):
+    if sp.issparse(X):
+        return sp.vstack([X, X_new], format=X.format, dtype=X.dtype)
+    return np.concatenate([np.asarray(X), X_new])
+
+
+def _report(model):
+    return {str(k): dict(v) for k, v in getattr(model, "sampling_report_", {}).items()}
+
+
+# -- reusing a model -----------------------------------------------------------------------------
+def _load(path, device):
+    """A saved SCLD, or None when the file holds a CellAutoencoder (a pretrained encoder)."""
+    try:
+        return _scld().load(path, device=device)
+    except ValueError as err:
+        if "holds a CellAutoencoder" in str(err):
+            return None
+        raise
+
+
+def check_reusable(model, adata, X, request):
+    """Refuse a fitted SCLD that cannot generate ``request`` for ``adata``, before any sampling."""
+    from sklearn.utils.validation import check_is_fitted
+
+    from ._utils import GeneSignature, is_count_matrix, plain_label
+
+    check_is_fitted(model, "denoiser_")
+    model.check_genes(GeneSignature(X.shape, _gene_names(adata)))
+    if model.classes_ is None:
+        raise ValueError("The given SCLD was fitted without labels; it cannot generate cells of "
+                         "chosen types. Fit it with labels.")
+    known = {plain_label(c) for c in model.classes_}
+    missing = [c for c in request if plain_label(c) not in known]
+    if missing:
+        raise ValueError(f"The given SCLD cannot generate the types {missing}: it knows "
+                         f"{list(model.classes_)}.")
+    if model.counts_ and not is_count_matrix(X):
+        raise ValueError("The given SCLD generates integer counts, but the data are not integer "
+                         "counts (log-normalised?); pass layer= with the counts.")
+
+
+def resolve_strategy(sampling_strategy, y, labelled):
+    """``{type: cells to generate}`` from imbalanced-learn's ``sampling_strategy``."""
+    from imblearn.utils import check_sampling_strategy
+
+    if len(np.unique(y[labelled])) < 2 and not isinstance(sampling_strategy, dict):
+        raise ValueError("sampling_strategy needs at least two labelled cell types, unless it is "
+                         "a dict {type: number of cells after augmentation}.")
+    if isinstance(sampling_strategy, dict):  # say which type is wrong, unlike imbalanced-learn
+        types, sizes = np.unique(y[labelled], return_counts=True)
+        have = dict(zip(types.tolist(), sizes.tolist(), strict=True))
+        for label, n in sampling_strategy.items():
+            if label not in have:
+                raise ValueError(f"Unknown cell type {label!r} in sampling_strategy; the labelled "
+                                 f"types are {sorted(have)}.")
+            if not isinstance(n, Integral) or isinstance(n, bool) or n < have[label]:
+                raise ValueError(f"sampling_strategy asks for {n!r} cells of {label!r} after "
+                                 f"augmentation, but it has {have[label]} already; give an int "
+                                 f">= {have[label]} (the count after augmentation, not the "
+                                 "number to add).")
+    strategy = check_sampling_strategy(sampling_strategy, y[labelled], "over-sampling")
+    return {c: int(n) for c, n in strategy.items() if n > 0}
+
+
+def augment(adata, labels_key, *, layer=None, sampling_strategy="auto", model=None,
+            key_added="synthetic", random_state=None, device="auto", verbose=True, **params):
+    """Add synthetic cells of the rare types to an AnnData, as an imbalanced-learn sampler would.
+
+    Fits an :class:`~scaug.SCLD` on the cells (or reuses ``model``), generates the cells that
+    ``sampling_strategy`` asks for and returns a new AnnData of the original cells followed by
+    the synthetic ones. What the result holds, and which matrices are dropped because they
+    cannot be derived for synthetic cells, is listed in :mod:`scaug.tl`.
+
+    Parameters
+    ----------
+    adata : AnnData
+        Cells x genes; integer counts in ``X`` or ``layer``. Never modified.
+    labels_key : str
+        Column of ``adata.obs`` with the cell types. Cells where it is missing (NA) are
+        unlabelled: a new model learns from them, and they are not counted or generated.
+    layer : str or None, default=None
+        Layer holding the counts, which also receives the synthetic counts; ``None``: ``X``.
+    sampling_strategy : str, float, dict or callable, default="auto"
+        As in imbalanced-learn: ``"auto"`` / ``"not majority"``, ``"minority"``,
+        ``"not minority"``, ``"all"`` bring those types up to the size of the largest; a dict
+        ``{type: n}`` gives the number of cells of each type *after* augmentation; a callable
+        takes the labels and returns such a dict.
+    model : None, SCLD, CellAutoencoder or path, default=None
+        ``None`` fits a new SCLD on ``adata`` (``**params`` configure it). A fitted SCLD, or
+        the path of a saved one, is reused without training; it must know ``adata``'s genes
+        and the types to generate. A fitted CellAutoencoder (or the path of a saved one) is a
+        pretrained encoder for the new SCLD.
+    key_added : str, default="synthetic"
+        ``obs`` column marking synthetic cells (True) and real ones (False); also the prefix of
+        the synthetic cells' obs names.
+    random_state : int, RandomState instance or None, default=None
+        Seeds training and sampling; the same seed gives the same cells on the CPU.
+    device : {"auto", "cpu", "cuda", "cuda:N"}, default="auto"
+        Where a new or loaded model runs.
+    verbose : bool, default=True
+        Progress bars while training and sampling.
+    **params
+        For a new model, parameters of :class:`~scaug.SCLD` (e.g. ``max_epochs``,
+        ``n_latent``). For a reused one, only the sampling options ``guidance_scale``,
+        ``classifier_scale``, ``screening``, ``screening_threshold``, ``n_sample_steps`` and
+        ``sampler``.
+
+    Returns
+    -------
+    AnnData
+        The original cells, then the synthetic ones; see :mod:`scaug.tl` for what it holds.
+
+    See Also
+    --------
+    scaug.SCLDOverSampler : The same augmentation on arrays, inside scikit-learn pipelines.
+    scaug.pl.real_vs_synthetic : Plot real and synthetic cells of chosen types.
+
+    Examples
+    --------
+    >>> import scaug
+    >>> adata = scaug.datasets.simulate(n_cells=120, n_genes=20, n_types=2, n_markers=5,
+    ...                                 rare_sizes=(10,), random_state=0)
+    >>> tiny = dict(n_latent=4, ae_hidden=(16,), width=16, depth=1, diffusion_steps=10,
+    ...             max_epochs=1, n_sample_steps=3)
+    >>> aug = scaug.tl.augment(adata, "cell_type", sampling_strategy={"type_1": 30},
+    ...                        random_state=0, verbose=False, **tiny)
+    >>> aug.n_obs - adata.n_obs, int(aug.obs["synthetic"].sum())
+    (20, 20)
+    >>> aug.obs.loc[aug.obs["synthetic"], "cell_type"].unique().tolist()
+    ['type_1']
+    """
+    from sklearn.utils import check_random_state
+
+    from . import __version__
+    from ._utils import resolve_device
+    from .autoencoder import CellAutoencoder
+
+    if not isinstance(key_added, str) or not key_added or key_added == labels_key:
+        raise ValueError(f"key_added must be a non-empty column name other than labels_key; got "
+                         f"{key_added!r}.")
+    X = counts_of(adata, layer)
+    y, labelled = labels_of(adata, labels_key)
+    request = resolve_strategy(sampling_strategy, y, labelled)
+    rng = check_random_state(random_state)
+    fit_seed, sample_seed = (int(s) for s in rng.randint(0, 2**31 - 1, size=2))
+
+    source, autoencoder = "new", None
+    if isinstance(model, str | os.PathLike):
+        resolve_device(device)
+        source, loaded = os.fspath(model), _load(model, device)
+        autoencoder = model if loaded is None else None
+        model = loaded
+    elif isinstance(model, CellAutoencoder):
+        source, autoencoder, model = "given CellAutoencoder", model, None
+    elif model is not None and not isinstance(model, _scld()):
+        raise TypeError("model must be None, a fitted SCLD or CellAutoencoder, or the path of a "
+                        f"saved one; got {type(model).__name__}.")
+    elif model is not None:
+        source = "given SCLD"
+
+    if model is not None:
+        extra = sorted(set(params) - set(SAMPLE_OPTIONS))
+        if extra:
+            raise ValueError(f"A reused model is not trained again, so {extra} cannot apply; only "
+                             f"the sampling options {list(SAMPLE_OPTIONS)} can.")
+        check_reusable(model, adata, X, request)
+    if request and model is None:
+        model = _fit_scld(X, y, _gene_names(adata), dict(
+            params, autoencoder=autoencoder, random_state=fit_seed, device=device,
+            verbose=verbose))
+        params = {}
+    if request:
+        opts = {k: v for k, v in params.items() if k in SAMPLE_OPTIONS}
+        X_syn, y_syn = model.sample(request, random_state=sample_seed, **opts)
+        X_syn, y_syn = _like(X_syn, X), np.asarray(y_syn, dtype=object)
+    else:
+        X_syn, y_syn = _like(np.zeros((0, X.shape[1])), X), np.zeros(0, dtype=object)
+
+    import anndata as ad
+
+    names = _synthetic_names(key_added, len(y_syn), adata.obs_names)
+    counts = _stack(X, X_syn)
+    dropped = ([] if layer is None else ["X"]) + [f"layers/{k}" for k in adata.layers if k != layer]
+    dropped += [f"obsm/{k}" for k in adata.obsm] + [f"obsp/{k}" for k in adata.obsp]
+    dropped += ["raw"] if adata.raw is not None else []
+    uns = copy.deepcopy(dict(adata.uns))
+    uns["scaug"] = _plain({
+        "version": __version__,
+        "params": {"labels_key": labels_key, "layer": layer, "key_added": key_added,
+                   "sampling_strategy": (sampling_strategy if not callable(sampling_strategy)
+                                         else getattr(sampling_strategy, "__name__", "callable")),
+                   "random_state": random_state if isinstance(random_state, Integral) else None,
+                   "model": source,
+                   "scld": None if model is None else _model_params(model)},
+        "n_synthetic": len(y_syn),
+        "n_generated": request,
+        "sampling_report": _report(model) if request else {},
+        "dropped": dropped,
+    })
+    out = ad.AnnData(
+        X=None if layer is not None else counts,
+        obs=_stack_obs(adata.obs, y_syn, labels_key, key_added, names),
+        var=adata.var.copy(),
+        varm={k: np.array(v, copy=True) if not sp.issparse(v) else v.copy()
+              for k, v in adata.varm.items()},
+        uns=uns,
+        layers=None if layer is None else {layer: counts},
+    )
+    return out
+
+
+def sample(model, n, *, random_state=None, labels_key="cell_type", key_added="synthetic",
+           device="auto", **options):
+    """Synthesize cells with a fitted SCLD and return them as an AnnData named by its genes.
+
+    Parameters
+    ----------
+    model : SCLD or path
+        A fitted model (from :func:`fit` it knows the gene names) or the path of a saved one.
+    n : dict or int
+        ``{cell type: number of cells}`` (pre-guidance), or an int: that many cells in the
+        training proportions of the types.
+    random_state : int, RandomState instance or None, default=None
+        Seeds the sampling; ``None`` falls back to the model's ``random_state``.
+    labels_key : str, default="cell_type"
+        ``obs`` column receiving each cell's type (categorical, categories ``model.classes_``);
+        absent when the model was fitted without labels.
+    key_added : str, default="synthetic"
+        ``obs`` column set to True for every cell (so that the result can be concatenated with
+        real cells), and the prefix of the obs names ``"{key_added}-0"``, ...
+    device : {"auto", "cpu", "cuda", "cuda:N"}, default="auto"
+        Where a model read from a path samples.
+    **options
+        Sampling options of :meth:`scaug.SCLD.sample` (``guidance_scale``, ``classifier_scale``,
+        ``screening``, ``n_sample_steps`` ...).
+
+    Returns
+    -------
+    AnnData
+        The synthetic cells in ``X`` (integer counts if the model was trained on counts; CSR if
+        it was trained on sparse data), ``var_names`` the model's genes (``"0"``, ``"1"``, ...
+        when it knows none), and the parameters, the sampling report and the scaug version in
+        ``uns["scaug"]``.
+
+    Examples
+    --------
+    >>> import scaug
+    >>> adata = scaug.datasets.simulate(n_cells=120, n_genes=20, n_types=2, n_markers=5,
+    ...                                 rare_sizes=(10,), random_state=0)
+    >>> model = scaug.tl.fit(adata, "cell_type", n_latent=4, ae_hidden=(16,), width=16, depth=1,
+    ...                      diffusion_steps=10, max_epochs=1, n_sample_steps=3, verbose=False)
+    >>> syn = scaug.tl.sample(model, {"type_1": 5}, random_state=0)
+    >>> syn.shape, syn.obs["cell_type"].tolist()[0], syn.var_names.equals(adata.var_names)
+    ((5, 20), 'type_1', True)
+    """
+    from . import __version__
+
+    if isinstance(model, str | os.PathLike):
+        model = _scld().load(model, device=device)
+    X_syn, y_syn = model.sample(n, random_state=random_state, **options)
+    import anndata as ad
+
+    m = X_syn.shape[0]
+    names = getattr(model, "feature_names_in_", None)
+    var = pd.DataFrame(index=pd.Index(
+        [str(g) for g in (names if names is not None else range(model.n_features_in_))]))
+    obs = pd.DataFrame(index=pd.Index([f"{key_added}-{i}" for i in range(m)]))
+    if y_syn is not None:
+        obs[labels_key] = pd.Categorical(y_syn, categories=model.classes_)
+    obs[key_added] = np.ones(m, dtype=bool)
+    uns = {"scaug": _plain({
+        "version": __version__,
+        "params": {"n": n if isinstance(n, dict) else int(n), "labels_key": labels_key,
+                   "key_added": key_added, "options": options,
+                   "random_state": random_state if isinstance(random_state, Integral) else None,
+                   "scld": _model_params(model)},
+        "n_synthetic": m,
+        "sampling_report": _report(model),
+    })}
+    return ad.AnnData(X=X_syn, obs=obs, var=var, uns=uns)
