@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import warnings
 from collections.abc import Iterator
 from numbers import Integral
 
@@ -11,8 +12,10 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 from sklearn.utils import check_random_state
+from sklearn.utils._param_validation import HasMethods
 
-FORMAT_VERSION = 1
+#: version of the saved-model format; 2: summaries instead of per-cell data, provenance
+FORMAT_VERSION = 2
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -71,6 +74,12 @@ def check_matrix(X, *, name: str = "X", min_rows: int = 1):
     Returns a 2-D numeric ndarray or CSR matrix (a CSC/COO input is converted to CSR, which is a
     re-indexing of the same values, not a densification).
     """
+    if type(X).__name__ in ("AnnData", "AnnCollection") or hasattr(X, "obs_names"):
+        raise TypeError(
+            f"{name} is an AnnData; scaug's estimators take a cells x genes matrix. Use "
+            "scaug.tl.fit(adata, labels_key) / scaug.tl.augment(adata, labels_key), or pass "
+            "adata.X (or adata.layers[...]) with y=adata.obs[labels_key]."
+        )
     if hasattr(X, "to_numpy") and not sp.issparse(X):  # pandas DataFrame
         X = X.to_numpy()
     if sp.issparse(X):
@@ -90,6 +99,33 @@ def check_matrix(X, *, name: str = "X", min_rows: int = 1):
     if not np.all(np.isfinite(values)):
         raise ValueError(f"{name} contains NaN or infinite values; scaug needs finite expression.")
     return X
+
+
+def decide_likelihood(X, likelihood: str) -> str:
+    """The likelihood to model ``X`` with: ``"nb"`` for counts, ``"gaussian"`` otherwise.
+
+    ``"auto"`` refuses data that is almost counts (a few negative or non-integer entries among
+    non-negative integers): one stray value would otherwise switch the whole model to continuous
+    output in silence.
+    """
+    counts = is_count_matrix(X)
+    if likelihood == "nb" and not counts:
+        raise ValueError(
+            "likelihood='nb' needs raw counts (non-negative integers) in X; X holds other "
+            "values. Pass counts, or use likelihood='gaussian' for continuous expression.")
+    if likelihood != "auto":
+        return likelihood
+    if counts:
+        return "nb"
+    values = X.data if sp.issparse(X) else X[X != 0]
+    bad = (values < 0) | (values != np.floor(values))
+    n_bad = int(bad.sum())
+    if n_bad <= 0.01 * values.size:
+        raise ValueError(
+            f"X looks like counts, but {n_bad} of its {values.size} non-zero entries are negative "
+            f"or not integers (for example {values[bad][0]!r}). Fix those entries to model counts, "
+            "or pass likelihood='gaussian' to model X as continuous expression.")
+    return "gaussian"
 
 
 def is_count_matrix(X) -> bool:
@@ -117,6 +153,24 @@ def dense_rows(X, rows) -> np.ndarray:
 def iter_batches(n: int, batch_size: int) -> Iterator[np.ndarray]:
     for start in range(0, n, batch_size):
         yield np.arange(start, min(start + batch_size, n))
+
+
+def resolve_feature_names(X, given_names):
+    """Gene names of ``X``: its DataFrame columns, or ``given_names`` for input without them."""
+    names = feature_names(X)
+    if given_names is None:
+        return names
+    given = np.asarray(given_names, dtype=object)
+    n = X.shape[1] if hasattr(X, "shape") else np.shape(X)[1]
+    if given.ndim != 1 or len(given) != n or not all(isinstance(v, str) for v in given):
+        raise ValueError(f"feature_names must be {n} gene names (str), one per column of X; got "
+                         f"{len(given) if given.ndim == 1 else given.shape} values.")
+    if len(set(given)) != len(given):
+        raise ValueError("feature_names holds duplicate gene names; make them unique "
+                         "(AnnData.var_names_make_unique()).")
+    if names is not None and not np.array_equal(names, given):
+        raise ValueError("feature_names differ from X's column names; pass one of them.")
+    return given
 
 
 def feature_names(X):
@@ -188,6 +242,10 @@ def check_genes(n_features: int, names, *, expected_n: int, expected_names, what
             f"X has {n_features} genes (columns), but {what} was trained on {expected_n} genes. "
             "Subset or reorder X to the model's genes, or fit a new model."
         )
+    if names is None and expected_names is not None:
+        warnings.warn(f"X has no gene names, but {what} was trained on named genes; the columns "
+                      "are taken to be its genes in its order (`feature_names_in_`).",
+                      UserWarning, stacklevel=3)
     if names is not None and expected_names is not None:
         names = np.asarray(names, dtype=object)
         expected_names = np.asarray(expected_names, dtype=object)
@@ -265,3 +323,89 @@ class flush_denormal:
     def __exit__(self, *exc):
         torch.set_flush_denormal(False)
         return False
+
+
+class PositiveIntTuple(HasMethods):
+    """A parameter constraint: a non-empty tuple or list of positive ints (hidden layer widths).
+
+    (A subclass of one of the constraint types scikit-learn's validation accepts, so that a bad
+    value gets scikit-learn's own message naming the parameter.)
+    """
+
+    def __init__(self):
+        super().__init__([])
+
+    def is_satisfied_by(self, val):
+        return (isinstance(val, tuple | list) and len(val) > 0
+                and all(isinstance(v, Integral) and not isinstance(v, bool) and v >= 1 for v in val))
+
+    def __str__(self):
+        return "a non-empty tuple of positive ints"
+
+
+class PositiveInt(HasMethods):
+    """A parameter constraint: an int >= 1 that is not a bool (``n_latent=True`` is a mistake,
+    which scikit-learn's ``Interval(Integral, ...)`` would accept as 1)."""
+
+    def __init__(self):
+        super().__init__([])
+
+    def is_satisfied_by(self, val):
+        return isinstance(val, Integral) and not isinstance(val, bool | np.bool_) and val >= 1
+
+    def __str__(self):
+        return "an int >= 1 (not a bool)"
+
+
+def check_trainer_kwargs(trainer_kwargs) -> None:
+    from .train import RESERVED_TRAINER_KWARGS
+
+    reserved = sorted(set(trainer_kwargs or {}) & RESERVED_TRAINER_KWARGS)
+    if reserved:
+        raise ValueError(f"trainer_kwargs may not set {reserved}: scaug sets them itself (use "
+                         "max_epochs, diffusion_steps and verbose).")
+
+
+def drop_fitted_state(estimator) -> None:
+    """Remove every learned attribute (name ending in ``_``), before a fit sets new ones."""
+    for key in [k for k in vars(estimator) if k.endswith("_") and not k.startswith("__")]:
+        delattr(estimator, key)
+
+
+def plain_params(estimator, exclude=()) -> dict:
+    """Constructor parameters as plain Python values (tuples as lists), for a saved file."""
+    return {k: (list(v) if isinstance(v, tuple) else v)
+            for k, v in estimator.get_params(deep=False).items() if k not in exclude}
+
+
+def provenance(*, n_obs, n_features) -> dict:
+    """Who wrote a model file, when, and from what shape of data."""
+    import datetime
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        scaug_version = version("scaug")
+    except PackageNotFoundError:  # a source tree that was not installed
+        scaug_version = "unknown"
+    return {"provenance": {
+        "scaug_version": scaug_version, "torch_version": str(torch.__version__),
+        "written": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "n_obs": None if n_obs is None else int(n_obs), "n_features": int(n_features)}}
+
+
+def check_sortable(y: np.ndarray) -> None:
+    """Refuse labels that mix strings with numbers (numpy cannot sort them into classes)."""
+    if y.dtype == object:
+        kinds = {isinstance(v, str) for v in y}
+        if len(kinds) > 1:
+            example = next(v for v in y if not isinstance(v, str))
+            raise ValueError(f"y mixes string labels with other values (for example {example!r}); "
+                             "give every cell type a label of one kind, e.g. y.astype(str).")
+
+
+def validate_against(estimator, values: dict) -> None:
+    """Check per-call overrides of an estimator's parameters against its own constraints."""
+    from sklearn.utils._param_validation import validate_parameter_constraints
+
+    constraints = {k: estimator._parameter_constraints[k] for k in values}
+    validate_parameter_constraints(constraints, values, caller_name=type(estimator).__name__)

@@ -2,18 +2,31 @@
 
 from __future__ import annotations
 
+import copy
+from numbers import Real
+
 import numpy as np
 import scipy.sparse as sp
 import torch
-from sklearn.base import BaseEstimator, TransformerMixin
+from sklearn.base import BaseEstimator, TransformerMixin, _fit_context
+from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
 from . import _utils
 from .nn import AutoencoderModule
-from .train import balanced_indices, run_epochs
+from .nn.autoencoder import TARGET_SUM  # noqa: F401  (re-exported: the encoder's input scale)
+from .train import AutoencoderPlan, BalancedDraws, MinibatchData, fit_plan
 
-#: counts are normalised to this many per cell before log1p, for the encoder's input
-TARGET_SUM = 1e4
+
+def _gene_moments(X):
+    """Per-gene mean and scale (1 where a gene is constant) of continuous input, and whether it
+    is non-negative; computed without densifying sparse input."""
+    mean = np.asarray(X.mean(axis=0), dtype=np.float64).ravel()
+    sq = X.multiply(X).mean(axis=0) if sp.issparse(X) else (X.astype(np.float64) ** 2).mean(0)
+    scale = np.sqrt(np.maximum(np.asarray(sq, dtype=np.float64).ravel() - mean**2, 0))
+    scale = np.where(scale > 1e-8, scale, 1.0)
+    values = X.data if sp.issparse(X) else X
+    return mean.astype(np.float32), scale.astype(np.float32), bool(values.min() >= 0)
 
 
 def _default_epochs(n_obs: int, batch_size: int) -> int:
@@ -38,7 +51,9 @@ class CellAutoencoder(TransformerMixin, BaseEstimator):
     likelihood : {"auto", "nb", "gaussian"}, default="auto"
         ``"nb"`` (negative binomial) for raw counts, ``"gaussian"`` for continuous values
         (log-normalised or scaled). ``"auto"`` picks ``"nb"`` when every entry of ``X`` is a
-        non-negative integer.
+        non-negative integer and ``"gaussian"`` for clearly continuous data; data that is almost
+        counts (a few negative or non-integer entries among integers) is refused with the reason,
+        rather than silently modelled as continuous.
     dispersion : {"gene", "gene-cell"}, default="gene"
         Noise of the likelihood: one NB dispersion (or standard deviation) per gene (the scVI
         default), or a per-cell correction of it predicted by the decoder, which lets each type
@@ -58,6 +73,10 @@ class CellAutoencoder(TransformerMixin, BaseEstimator):
     class_balance : float, default=0.5
         Only used when :meth:`fit` gets labels: class ``c`` is drawn with probability
         ~ ``n_c ** class_balance`` (0: every type equally often, 1: every cell equally often).
+    trainer_kwargs : dict or None, default=None
+        Extra arguments of the Lightning ``Trainer``, to scale training out, for example
+        ``{"devices": 4, "strategy": "ddp", "num_nodes": 2}`` (see the user guide's atlas-scale
+        section). scaug sets the number of epochs, the progress bar and logging itself.
     device : {"auto", "cpu", "cuda", "cuda:N"} or torch.device, default="auto"
     random_state : int, RandomState instance or None, default=None
     verbose : bool, default=True
@@ -67,6 +86,8 @@ class CellAutoencoder(TransformerMixin, BaseEstimator):
     ----------
     module_ : scaug.nn.AutoencoderModule
     likelihood_ : str
+    nonnegative_ : bool
+        Whether the training data were non-negative (continuous output is clipped at 0 then).
     n_features_in_ : int
     feature_names_in_ : ndarray of str
         Only when ``X`` had string column names (a DataFrame).
@@ -83,9 +104,26 @@ class CellAutoencoder(TransformerMixin, BaseEstimator):
     (200, 8)
     """
 
+    _parameter_constraints: dict = {
+        "n_latent": [_utils.PositiveInt()],
+        "hidden": [_utils.PositiveIntTuple()],
+        "likelihood": [StrOptions({"auto", "nb", "gaussian"})],
+        "dispersion": [StrOptions({"gene", "gene-cell"})],
+        "max_epochs": [_utils.PositiveInt(), None],
+        "batch_size": [_utils.PositiveInt()],
+        "learning_rate": [Interval(Real, 0, None, closed="neither")],
+        "latent_noise": [Interval(Real, 0, None, closed="left")],
+        "class_balance": [Interval(Real, 0, 1, closed="both")],
+        "trainer_kwargs": [dict, None],
+        "device": [str, torch.device],
+        "random_state": ["random_state"],
+        "verbose": ["boolean"],
+    }
+
     def __init__(self, *, n_latent=16, hidden=(256, 128), likelihood="auto", dispersion="gene",
                  max_epochs=None, batch_size=128, learning_rate=1e-3, latent_noise=0.1,
-                 class_balance=0.5, device="auto", random_state=None, verbose=True):
+                 class_balance=0.5, trainer_kwargs=None, device="auto", random_state=None,
+                 verbose=True):
         self.n_latent = n_latent
         self.hidden = hidden
         self.likelihood = likelihood
@@ -95,108 +133,78 @@ class CellAutoencoder(TransformerMixin, BaseEstimator):
         self.learning_rate = learning_rate
         self.latent_noise = latent_noise
         self.class_balance = class_balance
+        self.trainer_kwargs = trainer_kwargs
         self.device = device
         self.random_state = random_state
         self.verbose = verbose
 
-    # -- checks --------------------------------------------------------------------------------
-    def _check_params(self):
-        if not (isinstance(self.n_latent, int | np.integer) and self.n_latent >= 1):
-            raise ValueError(f"n_latent must be a positive int; got {self.n_latent!r}.")
-        if self.likelihood not in ("auto", "nb", "gaussian"):
-            raise ValueError(f"likelihood must be 'auto', 'nb' or 'gaussian'; got {self.likelihood!r}.")
-        if self.dispersion not in ("gene", "gene-cell"):
-            raise ValueError(f"dispersion must be 'gene' or 'gene-cell'; got {self.dispersion!r}.")
-        if self.max_epochs is not None and not (
-            isinstance(self.max_epochs, int | np.integer) and self.max_epochs >= 1
-        ):
-            raise ValueError(f"max_epochs must be None or a positive int; got {self.max_epochs!r}.")
-        if not (isinstance(self.batch_size, int | np.integer) and self.batch_size >= 1):
-            raise ValueError(f"batch_size must be a positive int; got {self.batch_size!r}.")
-        return _utils.resolve_device(self.device)
-
-    # -- the input transform -------------------------------------------------------------------
-    def _encoder_input(self, x: torch.Tensor) -> torch.Tensor:
-        if self.likelihood_ == "nb":
-            lib = x.sum(1, keepdim=True).clamp_min(1.0)
-            return torch.log1p(x / lib * TARGET_SUM)
-        return (x - self._gene_mean) / self._gene_scale
-
-    def _fit_stats(self, X):
-        if self.likelihood_ == "gaussian":
-            mean = np.asarray(X.mean(axis=0), dtype=np.float64).ravel()
-            sq = X.multiply(X).mean(axis=0) if sp.issparse(X) else (X.astype(np.float64) ** 2).mean(0)
-            var = np.asarray(sq, dtype=np.float64).ravel() - mean**2
-            scale = np.sqrt(np.maximum(var, 0))
-            self.gene_mean_ = mean.astype(np.float32)
-            self.gene_scale_ = np.where(scale > 1e-8, scale, 1.0).astype(np.float32)
-            self.nonnegative_ = bool((X.data if sp.issparse(X) else X).min() >= 0)
-
     def _set_runtime(self, device):
         self.device_ = device
         self.module_.to(device)
-        if self.likelihood_ == "gaussian":
-            self._gene_mean = torch.as_tensor(self.gene_mean_, device=device)
-            self._gene_scale = torch.as_tensor(self.gene_scale_, device=device)
 
     # -- fit / transform -----------------------------------------------------------------------
-    def fit(self, X, y=None):
+    @_fit_context(prefer_skip_nested_validation=True)
+    def fit(self, X, y=None, *, feature_names=None):
         """Train on cells ``X`` (cells x genes, dense or sparse).
 
         Labels are optional and never enter the model: when ``y`` is given, minibatches are
         drawn with class probabilities ~ ``n_c ** class_balance`` so that rare types, which a
         plain pass would barely show the decoder, are reconstructed well.
+
+        Parameters
+        ----------
+        X : array-like, sparse matrix or DataFrame of shape (n_cells, n_genes)
+            Integer counts or continuous expression. Sparse input is densified one minibatch at
+            a time, never whole.
+        y : array-like of shape (n_cells,), optional
+            Cell types, used only to balance the minibatches.
+        feature_names : array-like of str, optional
+            Gene names for input without column names (an AnnData's ``var_names``); a
+            DataFrame's columns are used otherwise.
+
+        Returns
+        -------
+        self : CellAutoencoder
+            Fitted; a fit that fails or is interrupted leaves the estimator as it was.
         """
-        device = self._check_params()
-        names = _utils.feature_names(X)
+        device = _utils.resolve_device(self.device)
+        _utils.check_trainer_kwargs(self.trainer_kwargs)
+        names = _utils.resolve_feature_names(X, feature_names)
         X = _utils.check_matrix(X, min_rows=2)
-        counts = _utils.is_count_matrix(X)
-        if self.likelihood == "nb" and not counts:
-            raise ValueError(
-                "likelihood='nb' needs raw counts (non-negative integers) in X; X holds other "
-                "values. Pass counts, or use likelihood='gaussian' for continuous expression."
-            )
-        self.likelihood_ = ("nb" if counts else "gaussian") if self.likelihood == "auto" \
-            else self.likelihood
-        self.n_features_in_ = X.shape[1]
-        if names is not None:
-            self.feature_names_in_ = names
-        elif hasattr(self, "feature_names_in_"):
-            del self.feature_names_in_
-        self._fit_stats(X)
-        seed = _utils.seed_from(self.random_state)
-        rng = np.random.default_rng(seed)
-        draw = None
+        likelihood = _utils.decide_likelihood(X, self.likelihood)
+        codes = None
         if y is not None:
-            codes = np.unique(_utils.check_labels(y, X.shape[0]), return_inverse=True)[1]
-            draw = lambda size: balanced_indices(codes, size, rng, self.class_balance)  # noqa: E731
+            codes = np.unique(_utils.check_labels(y, X.shape[0]).astype(str),
+                              return_inverse=True)[1]
+        seed = _utils.seed_from(self.random_state)
         n_epochs = self.max_epochs or _default_epochs(X.shape[0], self.batch_size)
+        data = MinibatchData([X], batch_size=int(self.batch_size), seed=seed,
+                             draw=None if codes is None else BalancedDraws(codes, self.class_balance))
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), \
                 _utils.flush_denormal():
             torch.manual_seed(seed)
-            self.module_ = AutoencoderModule(X.shape[1], int(self.n_latent), tuple(self.hidden),
-                                             self.likelihood_, self.dispersion)
-            self._set_runtime(device)
-            self.module_.train()
-            self.history_ = run_epochs(
-                lambda idx: self._loss(X, idx), self.module_.parameters(), n_obs=X.shape[0],
-                n_epochs=n_epochs, batch_size=int(self.batch_size), lr=self.learning_rate,
-                rng=rng, desc="autoencoder", verbose=self.verbose, draw=draw,
-            )
-        self.module_.eval()
+            module = AutoencoderModule(X.shape[1], int(self.n_latent), tuple(self.hidden),
+                                       likelihood, self.dispersion)
+            nonnegative = True
+            if likelihood == "gaussian":
+                mean, scale, nonnegative = _gene_moments(X)
+                module.gene_mean.copy_(torch.from_numpy(mean))
+                module.gene_scale.copy_(torch.from_numpy(scale))
+            plan = AutoencoderPlan(module, latent_noise=self.latent_noise,
+                                   learning_rate=self.learning_rate, n_epochs=n_epochs, seed=seed)
+            fit_plan(plan, data, device=device, trainer_kwargs=self.trainer_kwargs,
+                     max_epochs=n_epochs, desc="autoencoder", verbose=self.verbose)
+        # all or nothing: the fitted state is set only once training has finished
+        _utils.drop_fitted_state(self)
+        self.module_ = module.eval()
+        self.likelihood_ = likelihood
+        self.nonnegative_ = nonnegative
+        self.n_features_in_ = X.shape[1]
+        if names is not None:
+            self.feature_names_in_ = names
+        self.history_ = list(plan.history)
+        self._set_runtime(device)
         return self
-
-    def _loss(self, X, idx):
-        x = torch.as_tensor(_utils.dense_rows(X, idx), device=self.device_)
-        z = self.module_.encode(self._encoder_input(x))
-        z_noisy = z + self.latent_noise * torch.randn_like(z)
-        if self.likelihood_ == "nb":
-            target, lib = x, x.sum(1)
-        else:
-            target, lib = (x - self._gene_mean) / self._gene_scale, None
-        nll = -self.module_.log_likelihood(target, z_noisy, lib)
-        prior = 0.5 * (z**2).sum(-1)
-        return (nll + prior).mean() / x.shape[1]
 
     def check_genes(self, X) -> None:
         """Raise a clear error if ``X``'s genes differ from those the autoencoder was trained on."""
@@ -208,16 +216,19 @@ class CellAutoencoder(TransformerMixin, BaseEstimator):
                            expected_names=getattr(self, "feature_names_in_", None),
                            what="this autoencoder")
 
-    @torch.no_grad()
     def transform(self, X, batch_size: int = 4096) -> np.ndarray:
         """Latent representation of the cells ``X``, computed batch by batch."""
         check_is_fitted(self, "module_")
         self.check_genes(X)
-        X = _utils.check_matrix(X)
+        return self._latents(_utils.check_matrix(X), batch_size)
+
+    @torch.no_grad()
+    def _latents(self, X, batch_size: int = 4096) -> np.ndarray:
+        """Latents of a checked matrix whose genes are known to match."""
         out = np.empty((X.shape[0], self.module_.encoder[-1].out_features), dtype=np.float32)
         for idx in _utils.iter_batches(X.shape[0], batch_size):
             x = torch.as_tensor(_utils.dense_rows(X, idx), device=self.device_)
-            out[idx] = self.module_.encode(self._encoder_input(x)).cpu().numpy()
+            out[idx] = self.module_.encode(self.module_.transform_input(x)).cpu().numpy()
         return out
 
     @torch.no_grad()
@@ -233,47 +244,34 @@ class CellAutoencoder(TransformerMixin, BaseEstimator):
         lib = None if library is None else torch.as_tensor(
             np.asarray(library, dtype=np.float32), device=self.device_)
         x = self.module_.sample_expression(z, lib, generator=generator).cpu().numpy()
-        if self.likelihood_ == "gaussian":
-            x = x * self.gene_scale_ + self.gene_mean_
-            if self.nonnegative_:
-                x = np.maximum(x, 0)
+        if self.likelihood_ == "gaussian" and self.nonnegative_:
+            x = np.maximum(x, 0)
         return x.astype(np.float32)
 
     # -- persistence ---------------------------------------------------------------------------
     def _state(self) -> dict:
         check_is_fitted(self, "module_")
         names = getattr(self, "feature_names_in_", None)
-        state = {
-            "params": {k: (list(v) if isinstance(v, tuple) else v)
-                       for k, v in self.get_params(deep=False).items()
-                       if k not in ("device", "random_state")},
+        return {
+            "params": _utils.plain_params(self, exclude=("device", "random_state", "trainer_kwargs")),
             "likelihood": self.likelihood_,
+            "nonnegative": bool(self.nonnegative_),
             "n_features_in": int(self.n_features_in_),
             "feature_names_in": None if names is None else _utils.to_plain_list(names),
-            "module": {k: v.cpu() for k, v in self.module_.state_dict().items()},
-            "history": list(self.history_),
+            "module": {k: v.detach().cpu() for k, v in self.module_.state_dict().items()},
+            "history": [float(v) for v in self.history_],
         }
-        if self.likelihood_ == "gaussian":
-            state.update(gene_mean=torch.from_numpy(self.gene_mean_),
-                         gene_scale=torch.from_numpy(self.gene_scale_),
-                         nonnegative=self.nonnegative_)
-        return state
 
     @classmethod
     def _from_state(cls, state: dict, device="auto") -> CellAutoencoder:
         params = dict(state["params"])
         params["hidden"] = tuple(params["hidden"])
-        # files written before the option existed hold a gene-wise dispersion
-        params.setdefault("dispersion", "gene")
         ae = cls(**params, device=device)
         ae.likelihood_ = state["likelihood"]
+        ae.nonnegative_ = state["nonnegative"]
         ae.n_features_in_ = state["n_features_in"]
         if state["feature_names_in"] is not None:
             ae.feature_names_in_ = np.asarray(state["feature_names_in"], dtype=object)
-        if ae.likelihood_ == "gaussian":
-            ae.gene_mean_ = state["gene_mean"].numpy()
-            ae.gene_scale_ = state["gene_scale"].numpy()
-            ae.nonnegative_ = state["nonnegative"]
         ae.module_ = AutoencoderModule(ae.n_features_in_, int(ae.n_latent), ae.hidden, ae.likelihood_,
                                        ae.dispersion)
         ae.module_.load_state_dict(state["module"])
@@ -283,24 +281,29 @@ class CellAutoencoder(TransformerMixin, BaseEstimator):
         return ae
 
     def save(self, path, overwrite: bool = False) -> None:
-        """Write the fitted autoencoder to one file (atomically)."""
+        """Write the fitted autoencoder to one file (atomically): weights, genes, settings and
+        provenance, no per-cell data."""
         state = self._state()
+        state.update(_utils.provenance(n_obs=None, n_features=self.n_features_in_))
         state.update(format_version=_utils.FORMAT_VERSION, **{"class": "CellAutoencoder"})
         _utils.atomic_save(state, path, overwrite=overwrite)
 
     @classmethod
     def load(cls, path, device="auto") -> CellAutoencoder:
-        """Read an autoencoder written by :meth:`save`."""
+        """Read an autoencoder written by :meth:`save`; ``device`` picks where it runs."""
         return cls._from_state(_utils.checked_load(path, expected_class="CellAutoencoder"), device)
 
     def __getstate__(self):
-        # runtime tensors are rebuilt on unpickling (they may live on a GPU)
+        # weights travel on the CPU, so a model fitted on a GPU unpickles on a machine without one
         state = self.__dict__.copy()
-        state.pop("_gene_mean", None)
-        state.pop("_gene_scale", None)
+        if "module_" in state:
+            state["module_"] = copy.deepcopy(self.module_).cpu()
+            state["device_"] = torch.device("cpu") if self.device_.type != "cpu" else self.device_
+            state["_fitted_device"] = str(self.device_)
         return state
 
     def __setstate__(self, state):
+        fitted_device = state.pop("_fitted_device", None)
         self.__dict__.update(state)
-        if "module_" in state:
-            self._set_runtime(self.device_)
+        if fitted_device is not None and fitted_device.startswith("cuda") and torch.cuda.is_available():
+            self._set_runtime(torch.device(fitted_device))

@@ -2,24 +2,23 @@
 
 from __future__ import annotations
 
+import copy
 import os
-import warnings
-from collections.abc import Mapping
 from numbers import Integral, Real
 
 import numpy as np
 import scipy.sparse as sp
 import torch
-from sklearn.base import BaseEstimator, clone
-from sklearn.neighbors import NearestNeighbors
+from sklearn.base import BaseEstimator, _fit_context, clone
+from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 from tqdm.auto import tqdm
 
-from . import _utils
+from . import _utils, sampling
 from .autoencoder import CellAutoencoder
 from .diffusion import GaussianDiffusion
 from .nn import Denoiser, LatentClassifier
-from .train import run_steps
+from .train import BalancedDraws, ClassifierPlan, DenoiserPlan, MinibatchData, fit_plan
 
 
 def _smoothed_bootstrap(Z: np.ndarray, codes: np.ndarray, strength: float):
@@ -113,6 +112,10 @@ class SCLD(BaseEstimator):
     n_sample_steps : int, default=50
         Steps of the sampler.
     sampler : {"ddim", "ancestral"}, default="ddim"
+    trainer_kwargs : dict or None, default=None
+        Extra arguments of the Lightning ``Trainer`` for every training stage, to scale out:
+        ``{"devices": 4, "strategy": "ddp", "num_nodes": 2}``. An autoencoder trained inside
+        :meth:`fit` gets them too.
     device : {"auto", "cpu", "cuda", "cuda:N"} or torch.device, default="auto"
     random_state : int, RandomState instance or None, default=None
         Seeds everything (numpy and torch); the same seed and data give the same cells on CPU.
@@ -136,7 +139,10 @@ class SCLD(BaseEstimator):
         Whether the model was fitted on (and generates) integer counts.
     n_features_in_ : int
     feature_names_in_ : ndarray of str
-        Only when fitted on a DataFrame with string columns.
+        Only when fitted on a DataFrame with string columns, or given ``feature_names``.
+    type_summaries_ : scaug.sampling.TypeSummaries
+        Per type: library-size quantiles and a Gaussian summary of its latents (for library
+        draws and screening). The model keeps no per-cell data.
     sampling_report_ : dict
         Set by :meth:`sample`: per type, cells requested, candidates drawn, candidates that
         passed screening (`accepted`) and the acceptance rate.
@@ -157,12 +163,39 @@ class SCLD(BaseEstimator):
     (5, 50)
     """
 
+    _parameter_constraints: dict = {
+        "autoencoder": [None, CellAutoencoder, str, os.PathLike],
+        "n_latent": [_utils.PositiveInt()],
+        "ae_hidden": [_utils.PositiveIntTuple()],
+        "width": [_utils.PositiveInt()],
+        "depth": [_utils.PositiveInt()],
+        "max_epochs": [_utils.PositiveInt(), None],
+        "diffusion_steps": [_utils.PositiveInt(), None],
+        "batch_size": [_utils.PositiveInt()],
+        "learning_rate": [Interval(Real, 0, None, closed="neither")],
+        "label_dropout": [Interval(Real, 0, 1, closed="left")],
+        "latent_smoothing": [Interval(Real, 0, None, closed="left")],
+        "guidance_scale": [Interval(Real, 0, None, closed="left")],
+        "classifier_scale": [Interval(Real, 0, None, closed="left")],
+        "screening": ["boolean"],
+        "screening_threshold": [Interval(Real, 0, 1, closed="left")],
+        "screening_quantile": [Interval(Real, 0, 1, closed="right")],
+        "screening_tolerance": [Interval(Real, 0, None, closed="neither")],
+        "max_rounds": [_utils.PositiveInt()],
+        "n_sample_steps": [_utils.PositiveInt()],
+        "sampler": [StrOptions({"ddim", "ancestral"})],
+        "trainer_kwargs": [dict, None],
+        "device": [str, torch.device],
+        "random_state": ["random_state"],
+        "verbose": ["boolean"],
+    }
+
     def __init__(self, *, autoencoder=None, n_latent=16, ae_hidden=(256, 128), width=128, depth=3,
                  max_epochs=None, diffusion_steps=None, batch_size=256, learning_rate=1e-3,
                  label_dropout=0.15, latent_smoothing=4.0, guidance_scale=1.0, classifier_scale=0.0,
                  screening=False, screening_threshold=0.5, screening_quantile=0.9,
                  screening_tolerance=1.0, max_rounds=10, n_sample_steps=50, sampler="ddim",
-                 device="auto", random_state=None, verbose=True):
+                 trainer_kwargs=None, device="auto", random_state=None, verbose=True):
         self.autoencoder = autoencoder
         self.n_latent = n_latent
         self.ae_hidden = ae_hidden
@@ -183,85 +216,54 @@ class SCLD(BaseEstimator):
         self.max_rounds = max_rounds
         self.n_sample_steps = n_sample_steps
         self.sampler = sampler
+        self.trainer_kwargs = trainer_kwargs
         self.device = device
         self.random_state = random_state
         self.verbose = verbose
 
-    # -- validation ----------------------------------------------------------------------------
-    def _check_params(self):
-        def positive_int(name, allow_none=False):
-            v = getattr(self, name)
-            if v is None and allow_none:
-                return
-            if not (isinstance(v, Integral) and not isinstance(v, bool) and v >= 1):
-                raise ValueError(f"{name} must be a positive int{' or None' if allow_none else ''};"
-                                 f" got {v!r}.")
+    def __sklearn_clone__(self):
+        # a fitted autoencoder is a pretrained artefact, not a template: a clone reuses it (SCLD
+        # never modifies it) instead of replacing it by an unfitted copy that would be retrained
+        params = self.get_params(deep=False)
+        pretrained = _is_fitted_autoencoder(params["autoencoder"])
+        return type(self)(**{k: v if (k == "autoencoder" and pretrained) else clone(v, safe=False)
+                             for k, v in params.items()})
 
-        for name in ("n_latent", "width", "depth", "batch_size", "max_rounds", "n_sample_steps"):
-            positive_int(name)
-        positive_int("max_epochs", allow_none=True)
-        positive_int("diffusion_steps", allow_none=True)
-        if not (isinstance(self.label_dropout, Real) and 0 <= self.label_dropout < 1):
-            raise ValueError(f"label_dropout must be in [0, 1); got {self.label_dropout!r}.")
-        if not (isinstance(self.latent_smoothing, Real) and np.isfinite(self.latent_smoothing)
-                and self.latent_smoothing >= 0):
-            raise ValueError(f"latent_smoothing must be a finite number >= 0; got "
-                             f"{self.latent_smoothing!r}.")
-        self._check_sampling_options(self.guidance_scale, self.classifier_scale,
-                                     self.screening_threshold, self.n_sample_steps, self.sampler)
-        if not 0 < self.screening_quantile <= 1:
-            raise ValueError(f"screening_quantile must be in (0, 1]; got {self.screening_quantile!r}.")
-        if not self.screening_tolerance > 0:
-            raise ValueError(f"screening_tolerance must be > 0; got {self.screening_tolerance!r}.")
-        return _utils.resolve_device(self.device)
-
-    @staticmethod
-    def _check_sampling_options(guidance_scale, classifier_scale, threshold, steps, sampler):
-        for name, v in (("guidance_scale", guidance_scale), ("classifier_scale", classifier_scale)):
-            if not (isinstance(v, Real) and np.isfinite(v) and v >= 0):
-                raise ValueError(f"{name} must be a finite number >= 0; got {v!r}.")
-        if not (isinstance(threshold, Real) and 0 <= threshold < 1):
-            raise ValueError(f"screening_threshold must be in [0, 1); got {threshold!r}.")
-        if not (isinstance(steps, Integral) and steps >= 1):
-            raise ValueError(f"n_sample_steps must be a positive int; got {steps!r}.")
-        if sampler not in ("ddim", "ancestral"):
-            raise ValueError(f"sampler must be 'ddim' or 'ancestral'; got {sampler!r}.")
-
-    def _get_autoencoder(self, device):
+    # -- the autoencoder -----------------------------------------------------------------------
+    def _pretrained_autoencoder(self, device):
+        """A private copy of the given fitted autoencoder (the user's object is never changed),
+        or None when one must be trained."""
         ae = self.autoencoder
-        if ae is None:
-            return None
         if isinstance(ae, str | os.PathLike):
             return CellAutoencoder.load(ae, device=device)
-        if isinstance(ae, CellAutoencoder):
-            if not hasattr(ae, "module_"):  # a template, trained in fit
-                return None
+        if _is_fitted_autoencoder(ae):
+            ae = copy.deepcopy(ae)
             ae._set_runtime(device)
             return ae
-        raise TypeError("autoencoder must be None, a scaug CellAutoencoder (fitted, or a template "
-                        f"to train) or the path of a saved one; got {type(ae).__name__}.")
+        return None
 
     def _new_autoencoder(self, device, seed) -> CellAutoencoder:
-        if isinstance(self.autoencoder, CellAutoencoder):
+        if isinstance(self.autoencoder, CellAutoencoder):  # a template
             ae = clone(self.autoencoder)
             epochs = ae.max_epochs
             if self.max_epochs is not None:
                 epochs = self.max_epochs if epochs is None else min(epochs, self.max_epochs)
             return ae.set_params(max_epochs=epochs, device=device, random_state=seed,
-                                 verbose=self.verbose)
+                                 verbose=self.verbose, trainer_kwargs=self.trainer_kwargs)
         return CellAutoencoder(n_latent=int(self.n_latent), hidden=tuple(self.ae_hidden),
                                max_epochs=self.max_epochs, device=device, random_state=seed,
-                               verbose=self.verbose)
+                               verbose=self.verbose, trainer_kwargs=self.trainer_kwargs)
 
     # -- fit -----------------------------------------------------------------------------------
-    def fit(self, X, y=None):
+    @_fit_context(prefer_skip_nested_validation=True)
+    def fit(self, X, y=None, *, feature_names=None):
         """Fit the autoencoder (unless given) and the latent diffusion model.
 
         Parameters
         ----------
-        X : array-like or sparse matrix of shape (n_cells, n_genes)
+        X : array-like, sparse matrix or DataFrame of shape (n_cells, n_genes)
             Integer counts (preferred) or continuous expression. Sparse input is densified one
-            minibatch at a time, never whole.
+            minibatch at a time, never whole. For an AnnData use :func:`scaug.tl.fit`.
         y : array-like of shape (n_cells,), optional
             Cell-type labels (any hashable values). Without labels only holistic synthesis is
             possible. Cells labelled ``-1`` are unlabelled (scikit-learn's semi-supervised
@@ -271,9 +273,19 @@ class SCLD(BaseEstimator):
             not a type that can be generated. Many unlabelled cells beside a few labelled ones of
             a rare type are what lets the autoencoder render that type's unseen cells
             (``docs/fidelity_10shot.md``).
+        feature_names : array-like of str, optional
+            Gene names for input without column names (an AnnData's ``var_names``); a saved
+            model then refuses data with other genes.
+
+        Returns
+        -------
+        self : SCLD
+            Fitted. A fit that fails or is interrupted leaves the model as it was (an unfitted
+            model stays unfitted, a fitted one keeps its previous state).
         """
-        device = self._check_params()
-        names = _utils.feature_names(X)
+        device = _utils.resolve_device(self.device)
+        _utils.check_trainer_kwargs(self.trainer_kwargs)
+        names = _utils.resolve_feature_names(X, feature_names)
         X = _utils.check_matrix(X, min_rows=2)
         unlabelled = np.zeros(X.shape[0], dtype=bool)
         if y is not None:
@@ -282,177 +294,98 @@ class SCLD(BaseEstimator):
             if unlabelled.all():
                 raise ValueError("Every label in y is -1 (unlabelled); fit with y=None for a "
                                  "model without labels, or label some cells.")
-        ae = self._get_autoencoder(device)
+            _utils.check_sortable(y[~unlabelled])
+        ae = self._pretrained_autoencoder(device)
         if ae is not None:
             ae.check_genes(_utils.GeneSignature(X.shape, names))
-        counts = _utils.is_count_matrix(X)
-        if ae is not None and ae.likelihood_ == "nb" and not counts:
-            raise ValueError("The given autoencoder models counts, but X is not integer counts.")
+            if ae.likelihood_ == "nb" and not _utils.is_count_matrix(X):
+                raise ValueError("The given autoencoder models counts, but X is not integer counts.")
+        else:
+            _utils.decide_likelihood(X, "auto")  # refuse almost-counts before any training
 
         seed = _utils.seed_from(self.random_state)
-        self.n_features_in_ = X.shape[1]
-        if names is not None:
-            self.feature_names_in_ = names
-        elif hasattr(self, "feature_names_in_"):
-            del self.feature_names_in_
-        self.input_dtype_ = str(X.dtype)
-        self.sparse_input_ = sp.issparse(X)
-
         if ae is None:
-            ae = self._new_autoencoder(device, seed).fit(X)
-        self.autoencoder_ = ae
-        self.counts_ = ae.likelihood_ == "nb"
-        Z = ae.transform(X)
-
+            ae = self._new_autoencoder(device, seed).fit(X, feature_names=names)
+        Z = ae._latents(X)
         if y is None:
-            self.classes_ = None
+            classes = None
             codes = np.zeros(X.shape[0], dtype=np.int64)
         else:
-            self.classes_, labelled_codes = np.unique(y[~unlabelled], return_inverse=True)
+            classes, labelled_codes = np.unique(y[~unlabelled], return_inverse=True)
             # unlabelled cells get the null label's index: the diffusion model learns them under it
-            codes = np.full(X.shape[0], len(self.classes_), dtype=np.int64)
+            codes = np.full(X.shape[0], len(classes), dtype=np.int64)
             codes[~unlabelled] = labelled_codes
-        n_classes = 1 if self.classes_ is None else len(self.classes_)
-        self.class_counts_ = np.bincount(codes[~unlabelled], minlength=n_classes)
-        self.n_unlabelled_ = int(unlabelled.sum())
-        self.library_sizes_ = _utils.row_sums(X).astype(np.float32) if self.counts_ else None
-        self.codes_ = codes
+        n_classes = 1 if classes is None else len(classes)
+        counts = ae.likelihood_ == "nb"
+        latent_mean = Z.mean(0)
+        latent_scale = Z.std(0) + 1e-6
+        Zs = ((Z - latent_mean) / latent_scale).astype(np.float32)
+        labelled = ~unlabelled
+        summaries = sampling.TypeSummaries.fit(
+            Zs[labelled], codes[labelled], n_classes,
+            library=_utils.row_sums(X)[labelled] if counts else None,
+            quantile=float(self.screening_quantile))
 
-        self.latent_mean_ = Z.mean(0)
-        self.latent_scale_ = Z.std(0) + 1e-6
-        Zs = ((Z - self.latent_mean_) / self.latent_scale_).astype(np.float32)
-        self.latents_ = Zs
-
-        rng = np.random.default_rng(seed + 1)
         n_steps = self.diffusion_steps or _default_steps(X.shape[0], 3000)
-        steps_per_epoch = max(1, int(np.ceil(X.shape[0] / self.batch_size)))
         if self.max_epochs is not None:
-            n_steps = min(n_steps, self.max_epochs * steps_per_epoch)
-        self.diffusion_ = GaussianDiffusion()
-        Zt = torch.as_tensor(Zs, device=device)
-        yt = torch.as_tensor(codes, device=device)
-        null = n_classes if self.classes_ is not None else 0
-        smooth = float(self.latent_smoothing) > 0
-        if smooth:
-            shrunk, spread = (torch.as_tensor(a, device=device) for a in _smoothed_bootstrap(
-                Zs, np.where(unlabelled, -1, codes), float(self.latent_smoothing)))
+            n_steps = min(n_steps, self.max_epochs * max(1, int(np.ceil(X.shape[0] / self.batch_size))))
+        diffusion = GaussianDiffusion()
+        null = n_classes if classes is not None else 0
+        shrunk, spread = _smoothed_bootstrap(Zs, np.where(unlabelled, -1, codes),
+                                             float(self.latent_smoothing))
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), \
                 _utils.flush_denormal():
             torch.manual_seed(seed + 1)
-            denoiser = Denoiser(Zs.shape[1], n_classes, int(self.width), int(self.depth)).to(device)
+            denoiser = Denoiser(Zs.shape[1], n_classes, int(self.width), int(self.depth))
+            plan = DenoiserPlan(denoiser, diffusion, null_label=null,
+                                label_dropout=self.label_dropout, conditional=classes is not None,
+                                learning_rate=self.learning_rate, n_steps=n_steps, seed=seed + 1)
+            data = MinibatchData([shrunk, spread, codes], batch_size=int(self.batch_size),
+                                 seed=seed + 1, n_batches=n_steps, draw=BalancedDraws(codes))
+            fit_plan(plan, data, device=device, trainer_kwargs=self.trainer_kwargs,
+                     max_steps=n_steps, desc="diffusion", verbose=self.verbose)
+            denoiser_ema, diffusion_history = plan.averaged.eval(), list(plan.history)
+            classifier, classifier_history = None, []
+            if classes is not None and n_classes > 1:
+                clf = LatentClassifier(Zs.shape[1], n_classes)
+                n_clf = max(1, n_steps // 2)
+                cplan = ClassifierPlan(clf, diffusion, learning_rate=self.learning_rate,
+                                       n_steps=n_clf, seed=seed + 2)
+                cdata = MinibatchData([Zs[labelled], codes[labelled]],
+                                      batch_size=int(self.batch_size), seed=seed + 2,
+                                      n_batches=n_clf, draw=BalancedDraws(codes[labelled]))
+                fit_plan(cplan, cdata, device=device, trainer_kwargs=self.trainer_kwargs,
+                         max_steps=n_clf, desc="classifier", verbose=self.verbose)
+                classifier, classifier_history = cplan.averaged.eval(), list(cplan.history)
 
-            def denoise_step(idx):
-                idx_t = torch.as_tensor(idx, device=device)
-                labels = yt[idx_t]
-                if self.classes_ is None:
-                    labels = torch.full_like(labels, null)
-                else:  # unlabelled cells already carry the null label
-                    drop = torch.rand(len(idx), device=device) < self.label_dropout
-                    labels = torch.where(drop, torch.full_like(labels, null), labels)
-                z0 = Zt[idx_t]
-                if smooth:
-                    z0 = shrunk[idx_t] + spread[idx_t] * torch.randn_like(z0)
-                return self.diffusion_.training_loss(denoiser, z0, labels)
-
-            self.denoiser_, self.diffusion_history_ = run_steps(
-                denoise_step, denoiser, y=codes, n_steps=n_steps, batch_size=int(self.batch_size),
-                lr=self.learning_rate, rng=rng, ema_decay=0.995, desc="diffusion",
-                verbose=self.verbose)
-            self.classifier_ = None
-            if self.classes_ is not None and n_classes > 1:
-                clf = LatentClassifier(Zs.shape[1], n_classes).to(device)
-                labelled = torch.as_tensor(np.flatnonzero(~unlabelled), device=device)
-                Zl, yl = Zt[labelled], yt[labelled]
-                self.classifier_, self.classifier_history_ = run_steps(
-                    lambda idx: self.diffusion_.classifier_loss(
-                        clf, Zl[torch.as_tensor(idx, device=device)],
-                        yl[torch.as_tensor(idx, device=device)]),
-                    clf, y=codes[~unlabelled], n_steps=max(1, n_steps // 2),
-                    batch_size=int(self.batch_size),
-                    lr=self.learning_rate, rng=rng, ema_decay=0.99, desc="classifier",
-                    verbose=self.verbose)
-        self._fit_screening()
+        # all or nothing: the fitted state is set only once every stage has finished
+        _utils.drop_fitted_state(self)
+        self.autoencoder_ = ae
+        self.counts_ = counts
+        self.n_features_in_ = X.shape[1]
+        if names is not None:
+            self.feature_names_in_ = names
+        self.input_dtype_ = str(X.dtype)
+        self.sparse_input_ = sp.issparse(X)
+        self.n_train_ = int(X.shape[0])
+        self.classes_ = classes
+        self.class_counts_ = np.bincount(codes[labelled], minlength=n_classes)
+        self.n_unlabelled_ = int(unlabelled.sum())
+        self.latent_mean_ = latent_mean
+        self.latent_scale_ = latent_scale
+        self.type_summaries_ = summaries
+        self.diffusion_ = diffusion
+        self.classifier_ = None if classifier is None else classifier.to(device)
+        self.classifier_history_ = classifier_history
+        self.diffusion_history_ = diffusion_history
         self.device_ = device
+        self.denoiser_ = denoiser_ema.to(device)  # last: check_is_fitted looks for it
         return self
 
-    def _fit_screening(self):
-        """Per type: a nearest-neighbour index of its real latents and its acceptance radius."""
-        self._nn = {}
-        radii = np.zeros(len(self.class_counts_), dtype=np.float64)
-        all_nn = NearestNeighbors(n_neighbors=2).fit(self.latents_)
-        global_d = all_nn.kneighbors(self.latents_)[0][:, 1]
-        for c in range(len(self.class_counts_)):
-            Zc = self.latents_[self.codes_ == c]
-            self._nn[c] = NearestNeighbors(n_neighbors=1).fit(Zc)
-            if len(Zc) >= 3:
-                d = NearestNeighbors(n_neighbors=2).fit(Zc).kneighbors(Zc)[0][:, 1]
-            else:  # too few cells to measure the type's own spread
-                d = global_d
-            radii[c] = np.quantile(d, self.screening_quantile)
-        self.screening_radius_ = radii
-
     # -- sampling ------------------------------------------------------------------------------
-    def _resolve_request(self, n, rng):
-        if isinstance(n, Mapping):
-            if self.classes_ is None:
-                raise ValueError("This SCLD was fitted without labels; ask for an int number of "
-                                 "cells (holistic synthesis), or fit with y to synthesize types.")
-            lookup = {_utils.plain_label(c): i for i, c in enumerate(self.classes_)}
-            plan = []
-            for label, count in n.items():
-                if _utils.plain_label(label) not in lookup:
-                    raise ValueError(f"Unknown cell type {label!r}; the model knows "
-                                     f"{list(self.classes_)}.")
-                if not (isinstance(count, Integral) and not isinstance(count, bool) and count >= 0):
-                    raise ValueError(f"The number of cells for {label!r} must be an int >= 0; got "
-                                     f"{count!r}.")
-                plan.append((lookup[_utils.plain_label(label)], int(count)))
-            return plan
-        if isinstance(n, Integral) and not isinstance(n, bool) and n >= 0:
-            props = self.class_counts_ / self.class_counts_.sum()
-            drawn = rng.multinomial(int(n), props)
-            return [(c, int(k)) for c, k in enumerate(drawn)]
-        raise ValueError("n must be an int >= 0 (holistic synthesis) or a mapping {cell type: "
-                         f"number of cells}} (pre-guidance); got {n!r}.")
-
-    @torch.no_grad()
-    def _draw_latents(self, code, n, gen, *, guidance_scale, classifier_scale, n_sample_steps,
-                      sampler, batch_size):
-        device = self.device_
-        labelled = self.classes_ is not None
-        null = len(self.classes_) if labelled else 0
-        out = []
-        for start in range(0, n, batch_size):
-            m = min(batch_size, n - start)
-            noise = torch.randn((m, self.latents_.shape[1]), generator=gen).to(device)
-            y = torch.full((m,), code if labelled else null, device=device, dtype=torch.long)
-            z = self.diffusion_.sample(
-                self.denoiser_, y, noise, null_label=null,
-                guidance_scale=guidance_scale if labelled else 1.0,
-                classifier=self.classifier_ if labelled else None,
-                classifier_scale=classifier_scale, n_sample_steps=n_sample_steps, method=sampler,
-                step_noise=lambda shape: torch.randn(shape, generator=gen))
-            out.append(z.cpu().numpy())
-        return np.concatenate(out) if out else np.zeros((0, self.latents_.shape[1]), np.float32)
-
-    @torch.no_grad()
-    def _screen(self, code, Zs, threshold):
-        """Acceptance of latents for type ``code``, and a score (lower is better) for fallbacks."""
-        dist = self._nn[code].kneighbors(Zs)[0][:, 0]
-        ratio = dist / (self.screening_radius_[code] * self.screening_tolerance)
-        ok = ratio <= 1.0
-        if self.classifier_ is not None:
-            z = torch.as_tensor(Zs, device=self.device_)
-            t = torch.zeros(len(Zs), device=self.device_, dtype=torch.long)
-            prob = torch.softmax(self.classifier_(z, self.diffusion_.time_input(t)), -1)
-            conf = prob[:, code].cpu().numpy()
-            ok &= conf >= threshold
-            ratio = ratio + (conf < threshold)
-        return ok, ratio
-
     def sample(self, n, *, random_state=None, guidance_scale=None, classifier_scale=None,
                screening=None, screening_threshold=None, n_sample_steps=None, sampler=None,
-               batch_size=4096):
+               batch_size=4096, max_cells=1_000_000):
         """Synthesize cells.
 
         Parameters
@@ -465,119 +398,90 @@ class SCLD(BaseEstimator):
         guidance_scale, classifier_scale, screening, screening_threshold, n_sample_steps, sampler
             Override the model's settings for this call (``None`` keeps them).
         batch_size : int, default=4096
-            Cells per batch on the device.
+            Cells per batch on the device (memory is bounded by it).
+        max_cells : int, default=1_000_000
+            Larger requests are refused before any work; raise it to generate more.
 
         Returns
         -------
         X_syn : ndarray or CSR matrix of shape (n_total, n_genes)
             Integer counts if the model was fitted on counts, continuous values otherwise; CSR
-            when the model was fitted on sparse input.
+            when the model was fitted on sparse input. The input's dtype, or a wider integer
+            dtype (with a warning) when a count would not fit it.
         y_syn : ndarray of shape (n_total,) or None
             The cell type each cell was generated for (None when fitted without labels).
         """
         check_is_fitted(self, "denoiser_")
-        guidance_scale = self.guidance_scale if guidance_scale is None else guidance_scale
-        classifier_scale = self.classifier_scale if classifier_scale is None else classifier_scale
-        screening = self.screening if screening is None else screening
-        threshold = self.screening_threshold if screening_threshold is None else screening_threshold
-        steps = self.n_sample_steps if n_sample_steps is None else n_sample_steps
-        sampler = self.sampler if sampler is None else sampler
-        self._check_sampling_options(guidance_scale, classifier_scale, threshold, steps, sampler)
-        if not (isinstance(batch_size, Integral) and batch_size >= 1):
-            raise ValueError(f"batch_size must be a positive int; got {batch_size!r}.")
+        opts = {k: getattr(self, k) if v is None else v for k, v in dict(
+            guidance_scale=guidance_scale, classifier_scale=classifier_scale, screening=screening,
+            screening_threshold=screening_threshold, n_sample_steps=n_sample_steps,
+            sampler=sampler).items()}
+        _utils.validate_against(self, opts)
+        for name, v in (("batch_size", batch_size), ("max_cells", max_cells)):
+            if not (isinstance(v, Integral) and not isinstance(v, bool) and v >= 1):
+                raise ValueError(f"{name} must be a positive int; got {v!r}.")
         seed = _utils.seed_from(self.random_state if random_state is None else random_state)
         rng = np.random.default_rng(seed)
         gen = _utils.cpu_generator(seed)
-        plan = self._resolve_request(n, rng)
-        opts = dict(guidance_scale=float(guidance_scale), classifier_scale=float(classifier_scale),
-                    n_sample_steps=int(steps), sampler=sampler, batch_size=int(batch_size))
-
+        plan = sampling.resolve_request(n, self.classes_, self.class_counts_, rng, int(max_cells))
         with _utils.flush_denormal():
-            return self._sample(plan, screening, threshold, opts, rng, gen)
+            return self._sample(plan, opts, int(batch_size), rng, gen)
 
-    def _sample(self, plan, screening, threshold, opts, rng, gen):
+    def _sample(self, plan, opts, batch_size, rng, gen):
+        labelled = self.classes_ is not None
+        null = len(self.classes_) if labelled else 0
+
+        def draw(code, m):
+            return sampling.draw_latents(
+                self.diffusion_, self.denoiser_, self.classifier_, code=code, n=m,
+                n_latent=len(self.latent_mean_), labelled=labelled, null=null, gen=gen,
+                device=self.device_, guidance_scale=float(opts["guidance_scale"]),
+                classifier_scale=float(opts["classifier_scale"]),
+                n_sample_steps=int(opts["n_sample_steps"]), sampler=opts["sampler"],
+                batch_size=batch_size)
+
         report, blocks_z, blocks_y = {}, [], []
         bar = tqdm(total=sum(k for _, k in plan), desc="sampling", disable=not self.verbose,
                    leave=False)
         for code, k in plan:
             if k == 0:
                 continue
-            if not screening:
-                Zc = self._draw_latents(code, k, gen, **opts)
-                drawn, accepted = k, k
+            label = _utils.plain_label(self.classes_[code]) if labelled else None
+            if not opts["screening"]:
+                Zc, drawn, accepted = draw(code, k), k, k
             else:
-                Zc, drawn, accepted = self._screened_latents(code, k, gen, threshold, opts)
-            name = self.classes_[code] if self.classes_ is not None else None
-            report[_utils.plain_label(name)] = {"requested": k, "drawn": drawn, "accepted": accepted,
-                                  "acceptance_rate": accepted / drawn if drawn else float("nan")}
+                def accept(Z, code=code):
+                    return sampling.screen(
+                        self.type_summaries_, self.classifier_, self.diffusion_, code, Z,
+                        threshold=opts["screening_threshold"],
+                        tolerance=self.screening_tolerance, device=self.device_)
+
+                Zc, drawn, accepted = sampling.screened_latents(
+                    lambda m, code=code: draw(code, m), accept, k, max_rounds=self.max_rounds,
+                    label="cells" if label is None else label)
+            report[label] = {"requested": k, "drawn": drawn, "accepted": accepted,
+                             "acceptance_rate": accepted / drawn if drawn else float("nan")}
             blocks_z.append(Zc)
             blocks_y.append(np.full(k, code))
             bar.update(k)
         bar.close()
         self.sampling_report_ = report
-        return self._decode(blocks_z, blocks_y, rng, gen)
-
-    def _screened_latents(self, code, k, gen, threshold, opts):
-        kept, pool, pool_score = [], [], []
-        # the first round draws just the quota: most candidates pass, so drawing a margin up front
-        # would waste up to half the sampling time; later rounds scale by the observed rate
-        n_kept, n_passed, drawn, rate = 0, 0, 0, 1.0
-        for _ in range(int(self.max_rounds)):
-            need = k - n_kept
-            m = int(min(max(need / max(rate, 0.02), 16), 10 * need + 64))
-            Zc = self._draw_latents(code, m, gen, **opts)
-            ok, score = self._screen(code, Zc, threshold)
-            drawn += m
-            n_passed += int(ok.sum())
-            kept.append(Zc[ok][:need])
-            n_kept += min(int(ok.sum()), need)
-            pool.append(Zc[~ok])
-            pool_score.append(score[~ok])
-            rate = max(n_passed, 1) / drawn
-            if n_kept >= k:
-                break
-        accepted = n_passed
-        if n_kept < k:  # bounded effort: fill the quota with the best of the rejected latents
-            pool = np.concatenate(pool)
-            best = np.argsort(np.concatenate(pool_score), kind="stable")[: k - n_kept]
-            kept.append(pool[best])
-            label = _utils.plain_label(self.classes_[code]) if self.classes_ is not None else "cells"
-            warnings.warn(
-                f"Screening accepted {n_kept} of {drawn} candidates for {label!r} in "
-                f"{self.max_rounds} rounds; the remaining {k - n_kept} are the closest rejected "
-                "ones. Raise max_rounds or screening_tolerance, or lower screening_threshold.",
-                UserWarning, stacklevel=3)
-        return np.concatenate(kept)[:k], drawn, accepted
-
-    def _decode(self, blocks_z, blocks_y, rng, gen):
-        n_genes = self.n_features_in_
-        if not blocks_z:
-            X = np.zeros((0, n_genes), dtype=np.float32)
-            self.sample_latents_ = np.zeros((0, len(self.latent_mean_)), dtype=np.float32)
-            return (sp.csr_matrix(X) if self.sparse_input_ else X), self._labels(np.zeros(0, int))
-        Zs = np.concatenate(blocks_z)
-        codes = np.concatenate(blocks_y)
+        n_latent = len(self.latent_mean_)
+        Zs = np.concatenate(blocks_z) if blocks_z else np.zeros((0, n_latent), np.float32)
+        codes = np.concatenate(blocks_y) if blocks_y else np.zeros(0, np.int64)
         Z = (Zs * self.latent_scale_ + self.latent_mean_).astype(np.float32)
         self.sample_latents_ = Z
-        library = None
+        library = self.type_summaries_.draw_library(codes, rng) if self.counts_ else None
+        # about 64 MB of float32 per decoded block, whatever the number of genes
+        cells_per_batch = max(1, min(4096, 2**24 // self.n_features_in_))
+        X = sampling.decode(self.autoencoder_, Z, library, gen, sparse=self.sparse_input_,
+                            cells_per_batch=cells_per_batch)
         if self.counts_:
-            library = np.empty(len(codes), dtype=np.float32)
-            for c in np.unique(codes):
-                where = codes == c
-                real = self.library_sizes_[self.codes_ == c]
-                library[where] = real[rng.integers(len(real), size=int(where.sum()))]
-        parts = []
-        for idx in _utils.iter_batches(len(Z), 4096):
-            x = self.autoencoder_.generate(Z[idx], None if library is None else library[idx],
-                                           generator=gen)
-            parts.append(sp.csr_matrix(x) if self.sparse_input_ else x)
-        X = sp.vstack(parts, format="csr") if self.sparse_input_ else np.concatenate(parts)
-        if self.counts_ and np.issubdtype(np.dtype(self.input_dtype_), np.integer):
-            X = X.astype(self.input_dtype_)
-        return X, self._labels(codes)
-
-    def _labels(self, codes):
-        return None if self.classes_ is None else self.classes_[codes]
+            top = (X.max() if X.shape[0] else 0)
+            X = X.astype(sampling.output_dtype(self.input_dtype_, top)
+                         if np.issubdtype(np.dtype(self.input_dtype_), np.integer) else X.dtype)
+        labels = None if self.classes_ is None else self.classes_[codes]
+        return X, labels
 
     # -- genes and persistence -----------------------------------------------------------------
     def check_genes(self, X) -> None:
@@ -588,31 +492,39 @@ class SCLD(BaseEstimator):
                            what="this SCLD model")
 
     def save(self, path, overwrite: bool = False) -> None:
-        """Write the fitted model (autoencoder included) to one versioned file, atomically."""
+        """Write the fitted model to one versioned file, atomically.
+
+        The file holds the weights (autoencoder included), gene names, settings, per-type
+        summaries and provenance (scaug version, data shape, date); no per-cell data, so its size
+        does not grow with the number of training cells.
+        """
         check_is_fitted(self, "denoiser_")
         names = getattr(self, "feature_names_in_", None)
-        params = {k: v for k, v in self.get_params(deep=False).items()
-                  if k not in ("autoencoder", "device", "random_state")}
-        params["ae_hidden"] = list(params["ae_hidden"])
+        params = _utils.plain_params(self, exclude=("autoencoder", "device", "random_state",
+                                                    "trainer_kwargs"))
+
+        def weights(module):
+            return None if module is None else {k: v.detach().cpu() for k, v in module.state_dict().items()}
+
         state = {
             "format_version": _utils.FORMAT_VERSION, "class": "SCLD", "params": params,
             "random_state": self.random_state if isinstance(self.random_state, int) else None,
             "autoencoder": self.autoencoder_._state(),
-            "denoiser": {k: v.cpu() for k, v in self.denoiser_.state_dict().items()},
-            "classifier": None if self.classifier_ is None else {
-                k: v.cpu() for k, v in self.classifier_.state_dict().items()},
+            "denoiser": weights(self.denoiser_), "classifier": weights(self.classifier_),
             "classes": None if self.classes_ is None else _utils.to_plain_list(self.classes_),
             "classes_dtype": None if self.classes_ is None else str(self.classes_.dtype),
+            "class_counts": [int(c) for c in self.class_counts_],
+            "n_unlabelled": int(self.n_unlabelled_),
             "n_features_in": int(self.n_features_in_),
             "feature_names_in": None if names is None else _utils.to_plain_list(names),
             "input_dtype": self.input_dtype_, "sparse_input": self.sparse_input_,
-            "codes": torch.from_numpy(self.codes_.astype(np.int64)),
-            "latents": torch.from_numpy(self.latents_),
             "latent_mean": torch.from_numpy(self.latent_mean_),
             "latent_scale": torch.from_numpy(self.latent_scale_),
-            "library_sizes": None if self.library_sizes_ is None else torch.from_numpy(
-                self.library_sizes_),
+            "type_summaries": self.type_summaries_.state(),
             "diffusion_steps": self.diffusion_.n_steps,
+            "history": {"diffusion": [float(v) for v in self.diffusion_history_],
+                        "classifier": [float(v) for v in self.classifier_history_]},
+            **_utils.provenance(n_obs=self.n_train_, n_features=self.n_features_in_),
         }
         _utils.atomic_save(state, path, overwrite=overwrite)
 
@@ -622,11 +534,8 @@ class SCLD(BaseEstimator):
         state = _utils.checked_load(path, expected_class="SCLD")
         params = dict(state["params"])
         params["ae_hidden"] = tuple(params["ae_hidden"])
-        # files written before the option existed were fitted without it
-        params.setdefault("latent_smoothing", 0.0)
         model = cls(**params, device=device, random_state=state["random_state"])
         dev = _utils.resolve_device(device)
-        model.device_ = dev
         model.autoencoder_ = CellAutoencoder._from_state(state["autoencoder"], device=device)
         model.counts_ = model.autoencoder_.likelihood_ == "nb"
         if state["classes"] is None:
@@ -634,30 +543,53 @@ class SCLD(BaseEstimator):
         else:
             model.classes_ = np.asarray(state["classes"], dtype=np.dtype(state["classes_dtype"])
                                         if state["classes_dtype"] != "object" else object)
+        model.class_counts_ = np.asarray(state["class_counts"], dtype=np.int64)
+        model.n_unlabelled_ = state["n_unlabelled"]
         model.n_features_in_ = state["n_features_in"]
         if state["feature_names_in"] is not None:
             model.feature_names_in_ = np.asarray(state["feature_names_in"], dtype=object)
         model.input_dtype_ = state["input_dtype"]
         model.sparse_input_ = state["sparse_input"]
-        model.codes_ = state["codes"].numpy()
-        n_classes = 1 if model.classes_ is None else len(model.classes_)
-        # unlabelled cells carry the code n_classes (the null label)
-        model.class_counts_ = np.bincount(model.codes_, minlength=n_classes + 1)[:n_classes]
-        model.n_unlabelled_ = int((model.codes_ == n_classes).sum()) if model.classes_ is not None else 0
-        model.latents_ = state["latents"].numpy()
+        model.n_train_ = state["provenance"]["n_obs"]
+        model.provenance_ = dict(state["provenance"])
         model.latent_mean_ = state["latent_mean"].numpy()
         model.latent_scale_ = state["latent_scale"].numpy()
-        lib = state["library_sizes"]
-        model.library_sizes_ = None if lib is None else lib.numpy()
+        model.type_summaries_ = sampling.TypeSummaries.from_state(state["type_summaries"])
         model.diffusion_ = GaussianDiffusion(state["diffusion_steps"])
-        d = model.latents_.shape[1]
-        model.denoiser_ = Denoiser(d, n_classes, int(model.width), int(model.depth))
-        model.denoiser_.load_state_dict(state["denoiser"])
-        model.denoiser_.to(dev).eval()
+        model.diffusion_history_ = state["history"]["diffusion"]
+        model.classifier_history_ = state["history"]["classifier"]
+        d, n_classes = len(model.latent_mean_), len(model.class_counts_)
         model.classifier_ = None
         if state["classifier"] is not None:
             model.classifier_ = LatentClassifier(d, n_classes)
             model.classifier_.load_state_dict(state["classifier"])
             model.classifier_.to(dev).eval()
-        model._fit_screening()
+        model.device_ = dev
+        model.denoiser_ = Denoiser(d, n_classes, int(model.width), int(model.depth))
+        model.denoiser_.load_state_dict(state["denoiser"])
+        model.denoiser_.to(dev).eval()
         return model
+
+    def __getstate__(self):
+        # networks travel on the CPU, so a model fitted on a GPU unpickles without one
+        state = self.__dict__.copy()
+        if "denoiser_" in state and self.device_.type != "cpu":
+            for key in ("denoiser_", "classifier_"):
+                if state[key] is not None:
+                    state[key] = copy.deepcopy(state[key]).cpu()
+            state["_fitted_device"] = str(self.device_)
+            state["device_"] = torch.device("cpu")
+        return state
+
+    def __setstate__(self, state):
+        fitted_device = state.pop("_fitted_device", None)
+        self.__dict__.update(state)
+        if fitted_device is not None and torch.cuda.is_available():
+            self.device_ = torch.device(fitted_device)
+            for module in (self.denoiser_, self.classifier_):
+                if module is not None:
+                    module.to(self.device_)
+
+
+def _is_fitted_autoencoder(ae) -> bool:
+    return isinstance(ae, CellAutoencoder) and hasattr(ae, "module_")

@@ -279,11 +279,9 @@ class SCLDOverSampler(BaseOverSampler):
             return model
         if n_generate == 0:  # nothing to generate: do not train a model for nothing
             return None
-        new = self._new_scld(seed, autoencoder=model).fit(X, y)
-        names = getattr(self, "feature_names_in_", None)
-        if names is not None:  # so that a saved model_ refuses other genes
-            new.feature_names_in_ = np.asarray(names, dtype=object)
-        return new
+        # the gene names, so that a saved model_ refuses other genes
+        return self._new_scld(seed, autoencoder=model).fit(
+            X, y, feature_names=getattr(self, "feature_names_in_", None))
 
     # -- resampling ----------------------------------------------------------------------------
     def fit_resample(self, X, y, **params):

@@ -195,7 +195,7 @@ def test_unfitted_autoencoder_is_a_template(data):
     # the template's own settings, this model's seed, device, verbosity and epoch cap
     assert (ae.n_latent, ae.hidden, ae.dispersion) == (6, (32,), "gene-cell")
     assert ae.max_epochs == 2 and len(ae.history_) == 2 and ae.verbose is False
-    assert model.latents_.shape[1] == 6
+    assert model.latent_mean_.shape == (6,)
     again = SCLD(autoencoder=template, max_epochs=2, diffusion_steps=20, random_state=0,
                  **TINY).fit(X, y)
     np.testing.assert_array_equal(again.autoencoder_.transform(X[:20]), ae.transform(X[:20]))

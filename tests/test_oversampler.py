@@ -230,7 +230,9 @@ def test_autoencoder_trains_only_diffusion(dense, tmp_path, monkeypatch):
     monkeypatch.setattr(CellAutoencoder, "fit", lambda *a, **k: pytest.fail("AE retrained"))
     sampler = fast(model=ae)
     X_res, _ = sampler.fit_resample(X, y)
-    assert sampler.model_.autoencoder_ is ae
+    # reused as is (not retrained), on SCLD's own copy: the user's object is never changed
+    assert sampler.model_.autoencoder_ is not ae
+    np.testing.assert_array_equal(sampler.model_.autoencoder_.transform(X[:5]), ae.transform(X[:5]))
     assert X_res.shape[0] > X.shape[0]
     from_path = fast(model=tmp_path / "ae.pt")
     from_path.fit_resample(X, y)

@@ -10,6 +10,9 @@ from torch import nn
 
 from ._layers import mlp
 
+#: counts are normalised to this many per cell before log1p, for the encoder's input
+TARGET_SUM = 1e4
+
 
 def nb_log_likelihood(x: torch.Tensor, mu: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
     """Negative-binomial log-likelihood with mean ``mu`` and inverse dispersion ``theta``."""
@@ -52,6 +55,9 @@ class AutoencoderModule(nn.Module):
             raise ValueError(f"dispersion must be 'gene' or 'gene-cell'; got {dispersion!r}.")
         self.likelihood = likelihood
         self.dispersion = dispersion
+        # per-gene centre and scale of continuous input (set from the data; unused for counts)
+        self.register_buffer("gene_mean", torch.zeros(n_genes))
+        self.register_buffer("gene_scale", torch.ones(n_genes))
         hidden = list(hidden)
         self.encoder = nn.Sequential(mlp([n_genes, *hidden], final_activation=True),
                                      nn.Linear(hidden[-1], n_latent))
@@ -64,6 +70,16 @@ class AutoencoderModule(nn.Module):
             self.scale_head = nn.Linear(hidden[0], n_genes)
             nn.init.zeros_(self.scale_head.weight)
             nn.init.zeros_(self.scale_head.bias)
+
+    def transform_input(self, x: torch.Tensor) -> torch.Tensor:
+        """The encoder's input: log1p of counts per ``TARGET_SUM``, or standardised values."""
+        if self.likelihood == "nb":
+            library = x.sum(1, keepdim=True).clamp_min(1.0)
+            return torch.log1p(x / library * TARGET_SUM)
+        return self.standardise(x)
+
+    def standardise(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.gene_mean) / self.gene_scale
 
     def encode(self, x_in: torch.Tensor) -> torch.Tensor:
         """``x_in`` is the transformed expression (log1p-normalised counts, or standardised values)."""
@@ -106,4 +122,4 @@ class AutoencoderModule(nn.Module):
             return torch.poisson(rate, generator=generator).float().to(mu.device)
         noise = torch.randn(out.shape, generator=generator, device=generator.device
                             if generator is not None else out.device).to(out.device)
-        return out + torch.exp(log_scale) * noise
+        return (out + torch.exp(log_scale) * noise) * self.gene_scale + self.gene_mean

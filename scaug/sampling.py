@@ -1,0 +1,220 @@
+"""Sampling, as its own unit: plan a request, draw latents, screen them, decode them into cells.
+
+:class:`scaug.SCLD` owns the fitted networks and calls these in order; nothing here trains.
+What a fitted model keeps of its training cells is :class:`TypeSummaries`: per type, quantiles
+of the library size and a Gaussian summary of its latents, so a model's size does not grow with
+the number of cells it was trained on, and a saved model holds no cell of its training data.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping
+from numbers import Integral
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+from sklearn.covariance import LedoitWolf
+
+from . import _utils
+
+#: quantiles kept of each type's library sizes (an empirical distribution in 101 numbers)
+N_LIBRARY_QUANTILES = 101
+
+
+class TypeSummaries:
+    """What sampling needs to know of each type's real cells, in a size independent of their number.
+
+    - ``library_quantiles`` (n_types, 101): quantiles of the log library size (counts models);
+      a draw is an inverse-CDF draw between them, so synthetic cells get library sizes spread as
+      the type's real ones are.
+    - ``mean``, ``precision`` (n_types, d[, d]): a shrunk (Ledoit-Wolf) Gaussian of the type's
+      standardised latents, and ``radius``: the ``quantile`` of its real cells' Mahalanobis
+      distances. Screening accepts a synthetic latent within ``radius`` times a tolerance.
+      A type of fewer than 3 cells borrows the covariance of all cells.
+    """
+
+    def __init__(self, library_quantiles, mean, precision, radius):
+        self.library_quantiles = library_quantiles
+        self.mean = mean
+        self.precision = precision
+        self.radius = radius
+
+    @classmethod
+    def fit(cls, Z, codes, n_types: int, library=None, quantile: float = 0.9) -> TypeSummaries:
+        d = Z.shape[1]
+        overall = LedoitWolf().fit(Z)
+        mean = np.zeros((n_types, d))
+        precision = np.zeros((n_types, d, d))
+        radius = np.zeros(n_types)
+        lib_q = None if library is None else np.zeros((n_types, N_LIBRARY_QUANTILES))
+        grid = np.linspace(0, 1, N_LIBRARY_QUANTILES)
+        for c in range(n_types):
+            Zc = Z[codes == c]
+            est = LedoitWolf().fit(Zc) if len(Zc) >= 3 else overall
+            mean[c] = Zc.mean(0)
+            precision[c] = est.precision_
+            radius[c] = np.quantile(_mahalanobis(Zc, mean[c], precision[c]), quantile)
+            if lib_q is not None:
+                lib_q[c] = np.quantile(np.log(np.maximum(library[codes == c], 1.0)), grid)
+        return cls(lib_q, mean, precision, radius)
+
+    def draw_library(self, codes: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """Library sizes for cells of the given types, drawn from each type's quantiles."""
+        grid = np.linspace(0, 1, N_LIBRARY_QUANTILES)
+        out = np.empty(len(codes), dtype=np.float32)
+        for c in np.unique(codes):
+            where = codes == c
+            u = rng.random(int(where.sum()))
+            out[where] = np.round(np.exp(np.interp(u, grid, self.library_quantiles[c])))
+        return out
+
+    def distance_ratio(self, code: int, Z: np.ndarray) -> np.ndarray:
+        """Mahalanobis distance to the type's real latents over its acceptance radius."""
+        return _mahalanobis(Z, self.mean[code], self.precision[code]) / self.radius[code]
+
+    def state(self) -> dict:
+        def t(a):
+            return None if a is None else torch.from_numpy(np.ascontiguousarray(a))
+
+        return {"library_quantiles": t(self.library_quantiles), "mean": t(self.mean),
+                "precision": t(self.precision), "radius": t(self.radius)}
+
+    @classmethod
+    def from_state(cls, state: dict) -> TypeSummaries:
+        def a(v):
+            return None if v is None else v.numpy()
+
+        return cls(a(state["library_quantiles"]), a(state["mean"]), a(state["precision"]),
+                   a(state["radius"]))
+
+
+def _mahalanobis(Z, mean, precision):
+    diff = np.asarray(Z, dtype=np.float64) - mean
+    return np.sqrt(np.maximum(np.einsum("ij,jk,ik->i", diff, precision, diff), 0))
+
+
+def resolve_request(n, classes, class_counts, rng, max_cells: int):
+    """``[(type code, number of cells), ...]`` for a request of :meth:`scaug.SCLD.sample`."""
+    def check_count(label, count):
+        if not (isinstance(count, Integral) and not isinstance(count, bool) and count >= 0):
+            raise ValueError(f"The number of cells for {label!r} must be an int >= 0; got "
+                             f"{count!r}.")
+        return int(count)
+
+    if isinstance(n, Mapping):
+        if classes is None:
+            raise ValueError("This SCLD was fitted without labels; ask for an int number of "
+                             "cells (holistic synthesis), or fit with y to synthesize types.")
+        lookup = {_utils.plain_label(c): i for i, c in enumerate(classes)}
+        plan = []
+        for label, count in n.items():
+            if _utils.plain_label(label) not in lookup:
+                raise ValueError(f"Unknown cell type {label!r}; the model knows {list(classes)}.")
+            plan.append((lookup[_utils.plain_label(label)], check_count(label, count)))
+    elif isinstance(n, Integral) and not isinstance(n, bool) and n >= 0:
+        drawn = rng.multinomial(int(n), class_counts / class_counts.sum())
+        plan = [(c, int(k)) for c, k in enumerate(drawn)]
+    else:
+        raise ValueError("n must be an int >= 0 (holistic synthesis) or a mapping {cell type: "
+                         f"number of cells}} (pre-guidance); got {n!r}.")
+    total = sum(k for _, k in plan)
+    if total > max_cells:
+        raise ValueError(f"The request asks for {total} cells, more than max_cells={max_cells}; "
+                         "raise max_cells to generate that many (time and memory grow with it).")
+    return plan
+
+
+@torch.no_grad()
+def draw_latents(diffusion, denoiser, classifier, *, code, n, n_latent, labelled, null, gen,
+                 device, guidance_scale, classifier_scale, n_sample_steps, sampler, batch_size):
+    """``n`` standardised latents of type ``code`` from the reverse diffusion, batch by batch.
+
+    The start noise and the ancestral sampler's step noise come from the CPU generator ``gen``,
+    so CPU and GPU runs see the same noise.
+    """
+    out = []
+    for start in range(0, n, batch_size):
+        m = min(batch_size, n - start)
+        noise = torch.randn((m, n_latent), generator=gen).to(device)
+        y = torch.full((m,), code if labelled else null, device=device, dtype=torch.long)
+        z = diffusion.sample(
+            denoiser, y, noise, null_label=null, guidance_scale=guidance_scale if labelled else 1.0,
+            classifier=classifier if labelled else None, classifier_scale=classifier_scale,
+            n_sample_steps=n_sample_steps, method=sampler,
+            step_noise=lambda shape: torch.randn(shape, generator=gen))
+        out.append(z.cpu().numpy())
+    return np.concatenate(out) if out else np.zeros((0, n_latent), np.float32)
+
+
+@torch.no_grad()
+def screen(summaries, classifier, diffusion, code, Z, *, threshold, tolerance, device):
+    """Acceptance of latents for type ``code``, and a score (lower is better) for fallbacks."""
+    ratio = summaries.distance_ratio(code, Z) / tolerance
+    ok = ratio <= 1.0
+    if classifier is not None:
+        z = torch.as_tensor(Z, device=device)
+        t = torch.zeros(len(Z), device=device, dtype=torch.long)
+        conf = torch.softmax(classifier(z, diffusion.time_input(t)), -1)[:, code].cpu().numpy()
+        ok &= conf >= threshold
+        ratio = ratio + (conf < threshold)
+    return ok, ratio
+
+
+def screened_latents(draw, accept, k, *, max_rounds, label):
+    """``k`` latents that pass ``accept``, drawn in rounds; returns (latents, drawn, accepted).
+
+    The first round draws just the quota (most candidates pass, so a margin up front would waste
+    up to half the sampling time); later rounds scale by the observed rate. After ``max_rounds``
+    the quota is filled with the best rejected latents, with a warning.
+    """
+    kept, pool, pool_score = [], [], []
+    n_kept, n_passed, drawn, rate = 0, 0, 0, 1.0
+    for _ in range(int(max_rounds)):
+        need = k - n_kept
+        m = int(min(max(need / max(rate, 0.02), 16), 10 * need + 64))
+        Zc = draw(m)
+        ok, score = accept(Zc)
+        drawn += m
+        n_passed += int(ok.sum())
+        kept.append(Zc[ok][:need])
+        n_kept += min(int(ok.sum()), need)
+        pool.append(Zc[~ok])
+        pool_score.append(score[~ok])
+        rate = max(n_passed, 1) / drawn
+        if n_kept >= k:
+            break
+    if n_kept < k:
+        best = np.argsort(np.concatenate(pool_score), kind="stable")[: k - n_kept]
+        kept.append(np.concatenate(pool)[best])
+        warnings.warn(
+            f"Screening accepted {n_kept} of {drawn} candidates for {label!r} in {max_rounds} "
+            f"rounds; the remaining {k - n_kept} are the closest rejected ones. Raise max_rounds "
+            "or screening_tolerance, or lower screening_threshold.", UserWarning, stacklevel=4)
+    return np.concatenate(kept)[:k], drawn, n_passed
+
+
+def output_dtype(input_dtype, max_value):
+    """The input's dtype if it holds the generated values, else a wider integer, with a warning."""
+    dtype = np.dtype(input_dtype)
+    if not np.issubdtype(dtype, np.integer) or max_value <= np.iinfo(dtype).max:
+        return dtype
+    wider = np.dtype(np.int32) if max_value <= np.iinfo(np.int32).max else np.dtype(np.int64)
+    warnings.warn(f"A synthetic count ({int(max_value)}) does not fit the input's dtype {dtype}; "
+                  f"the synthetic cells are returned as {wider}.", UserWarning, stacklevel=4)
+    return wider
+
+
+def decode(autoencoder, Z, library, gen, *, sparse: bool, cells_per_batch: int):
+    """Cells drawn from the decoder's likelihood at latents ``Z``, ``cells_per_batch`` at a time
+    (memory bounded by the batch: each dense block becomes CSR before the next when ``sparse``)."""
+    parts = []
+    for idx in _utils.iter_batches(len(Z), cells_per_batch):
+        x = autoencoder.generate(Z[idx], None if library is None else library[idx], generator=gen)
+        parts.append(sp.csr_matrix(x) if sparse else x)
+    if not parts:
+        n_genes = autoencoder.n_features_in_
+        empty = np.zeros((0, n_genes), dtype=np.float32)
+        return sp.csr_matrix(empty) if sparse else empty
+    return sp.vstack(parts, format="csr") if sparse else np.concatenate(parts)

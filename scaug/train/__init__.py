@@ -1,0 +1,13 @@
+"""Training machinery: plans (one LightningModule per stage), minibatch data, the Trainer set-up.
+
+The user-facing :class:`scaug.SCLD` and :class:`scaug.CellAutoencoder` build the networks of
+:mod:`scaug.nn`, wrap each in its plan and hand it to :func:`fit_plan` with its data.
+"""
+
+from .data import BalancedDraws, MinibatchData, balanced_indices, process_rank
+from .plans import AutoencoderPlan, ClassifierPlan, DenoiserPlan
+from .trainer import RESERVED_TRAINER_KWARGS, fit_plan, trainer_options
+
+__all__ = ["AutoencoderPlan", "BalancedDraws", "ClassifierPlan", "DenoiserPlan", "MinibatchData",
+           "RESERVED_TRAINER_KWARGS", "balanced_indices", "fit_plan", "process_rank",
+           "trainer_options"]

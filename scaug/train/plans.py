@@ -1,0 +1,172 @@
+"""Training plans: one LightningModule per stage, holding the loss and the optimiser, nothing else.
+
+The networks are pure ``nn.Module``\\ s from :mod:`scaug.nn` passed in; the diffusion process
+(:class:`scaug.diffusion.GaussianDiffusion`) holds no parameters and is passed in too. Where the
+batches come from is the data's business (:mod:`scaug.train.data`), where the plan runs (devices,
+DDP, nodes) the Trainer's (:mod:`scaug.train.trainer`).
+"""
+
+from __future__ import annotations
+
+import copy
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+
+
+class _SeededPlan(pl.LightningModule):
+    """Seeds torch's generator when training starts: step noise is repeatable, and differs
+    between the processes of a distributed run."""
+
+    def __init__(self, seed: int):
+        super().__init__()
+        self.seed = int(seed)
+        self.history: list[float] = []
+
+    def on_train_start(self) -> None:
+        torch.manual_seed(self.seed + self.global_rank)
+
+
+class AutoencoderPlan(_SeededPlan):
+    """Trains :class:`scaug.nn.AutoencoderModule`: likelihood of the cells under noisy latents.
+
+    The loss per cell is the negative log-likelihood of its expression given its latent plus
+    ``latent_noise`` Gaussian noise, and a standard-normal prior penalty on the latent (a VAE
+    with a fixed posterior spread), divided by the number of genes. AdamW with a cosine decay
+    over the epochs. ``history`` holds the mean loss of each epoch.
+    """
+
+    def __init__(self, module, *, latent_noise: float, learning_rate: float, n_epochs: int,
+                 seed: int):
+        super().__init__(seed)
+        self.module = module
+        self.latent_noise = float(latent_noise)
+        self.learning_rate = float(learning_rate)
+        self.n_epochs = int(n_epochs)
+        self._total = self._count = 0.0
+
+    def loss(self, x: torch.Tensor) -> torch.Tensor:
+        m = self.module
+        z = m.encode(m.transform_input(x))
+        z_noisy = z + self.latent_noise * torch.randn_like(z)
+        if m.likelihood == "nb":
+            target, library = x, x.sum(1)
+        else:
+            target, library = m.standardise(x), None
+        nll = -m.log_likelihood(target, z_noisy, library)
+        prior = 0.5 * (z**2).sum(-1)
+        return (nll + prior).mean() / x.shape[1]
+
+    def training_step(self, batch, batch_idx):
+        loss = self.loss(batch[0])
+        self._total += float(loss.detach()) * len(batch[0])
+        self._count += len(batch[0])
+        return loss
+
+    def on_train_epoch_end(self) -> None:
+        self.history.append(self._total / max(self._count, 1))
+        self._total = self._count = 0.0
+
+    def configure_optimizers(self):
+        opt = torch.optim.AdamW(self.module.parameters(), lr=self.learning_rate, weight_decay=1e-4)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, self.n_epochs))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
+
+
+class _StepPlan(_SeededPlan):
+    """A fixed number of optimiser steps with warm-up and cosine decay, and an EMA of the weights.
+
+    ``averaged`` is the exponential moving average of the network (what sampling uses);
+    ``history`` holds a running mean of the loss every 50 steps.
+    """
+
+    def __init__(self, network, *, learning_rate: float, n_steps: int, ema_decay: float, seed: int):
+        super().__init__(seed)
+        self.network = network
+        self.learning_rate = float(learning_rate)
+        self.n_steps = int(n_steps)
+        self.ema_decay = float(ema_decay)
+        self.averaged = None
+        self._running = None
+
+    def on_fit_start(self) -> None:
+        # a plain attribute, not a submodule: DDP must not broadcast or reduce it
+        object.__setattr__(self, "averaged", copy.deepcopy(self.network).eval().requires_grad_(False))
+
+    def step_loss(self, batch) -> torch.Tensor:
+        raise NotImplementedError
+
+    def training_step(self, batch, batch_idx):
+        loss = self.step_loss(batch)
+        value = float(loss.detach())
+        self._running = value if self._running is None else 0.98 * self._running + 0.02 * value
+        if batch_idx % 50 == 0 or batch_idx == self.n_steps - 1:
+            self.history.append(self._running)
+        return loss
+
+    @torch.no_grad()
+    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+        for avg, p in zip(self.averaged.parameters(), self.network.parameters(), strict=True):
+            avg.lerp_(p.detach(), 1 - self.ema_decay)
+
+    def configure_optimizers(self):
+        opt = torch.optim.AdamW(self.network.parameters(), lr=self.learning_rate, weight_decay=1e-4)
+        n, warmup = self.n_steps, max(1, self.n_steps // 20)
+
+        def schedule(i):  # linear warm-up, then cosine decay to 10 % of the learning rate
+            if i < warmup:
+                return (i + 1) / warmup
+            return 0.1 + 0.9 * 0.5 * (1 + np.cos(np.pi * (i - warmup) / max(1, n - warmup)))
+
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+class DenoiserPlan(_StepPlan):
+    """Trains :class:`scaug.nn.Denoiser` with the diffusion loss (pre-guidance).
+
+    Batches are ``(z0, spread, label)``: the denoiser learns ``z0 + spread * noise`` (the smoothed
+    bootstrap of :func:`scaug.model._smoothed_bootstrap`; ``spread`` 0 learns the latents as
+    they are). A fraction ``label_dropout`` of the labels is replaced by the null label, so one
+    network is conditional and unconditional (classifier-free guidance); without labels
+    (``conditional=False``) every cell carries the null label.
+    """
+
+    def __init__(self, denoiser, diffusion, *, null_label: int, label_dropout: float,
+                 conditional: bool, learning_rate: float, n_steps: int, seed: int,
+                 ema_decay: float = 0.995):
+        super().__init__(denoiser, learning_rate=learning_rate, n_steps=n_steps,
+                         ema_decay=ema_decay, seed=seed)
+        self.diffusion = diffusion
+        self.null_label = int(null_label)
+        self.label_dropout = float(label_dropout)
+        self.conditional = bool(conditional)
+
+    def step_loss(self, batch):
+        z0, spread, labels = batch
+        null = torch.full_like(labels, self.null_label)
+        if not self.conditional:
+            labels = null
+        else:  # unlabelled cells already carry the null label
+            labels = torch.where(torch.rand(len(labels), device=labels.device) < self.label_dropout,
+                                 null, labels)
+        z0 = z0 + spread * torch.randn_like(z0)
+        return self.diffusion.training_loss(self.network, z0, labels)
+
+
+class ClassifierPlan(_StepPlan):
+    """Trains :class:`scaug.nn.LatentClassifier` on noisy (and clean) latents, for post-guidance.
+
+    Batches are ``(z0, label)`` of labelled cells only.
+    """
+
+    def __init__(self, classifier, diffusion, *, learning_rate: float, n_steps: int, seed: int,
+                 ema_decay: float = 0.99):
+        super().__init__(classifier, learning_rate=learning_rate, n_steps=n_steps,
+                         ema_decay=ema_decay, seed=seed)
+        self.diffusion = diffusion
+
+    def step_loss(self, batch):
+        z0, labels = batch
+        return self.diffusion.classifier_loss(self.network, z0, labels)
