@@ -20,11 +20,48 @@ Which values to pass
 Ideal values: ``c2st_auc`` 0.5; ``mmd_rbf``, ``energy_distance``, ``zero_fraction_error`` and
 ``library_size_distance`` 0; gene correlations, precision and recall 1; ``dcr_ratio`` about 1
 (much lower means synthetic cells are copies of training cells).
+
+Checks and degenerate input
+---------------------------
+Arguments are checked with scikit-learn's ``validate_params``: a bad type or value raises
+:class:`~sklearn.utils._param_validation.InvalidParameterError` (a ``ValueError``) naming the
+parameter. Data checks raise ``ValueError`` naming the argument, what was found and what is
+expected. Every metric is defined on every input it accepts; where the answer is degenerate it
+says so with a :class:`DegenerateInputWarning`:
+
+- *Empty input, one cell, no genes*: refused (every sample needs at least 2 cells, 1 for the
+  ``query`` of :func:`distance_to_closest_record` and the ``synthetic``/``holdout`` of
+  :func:`dcr_ratio`). An AnnData is refused with a pointer to ``adata.X``.
+- *Tiny samples* (fewer than 10 cells per side after balancing): the embedding metrics warn that
+  the score is very noisy; :func:`evaluate` lowers ``k`` to what the samples allow.
+- *Identical samples*: :func:`c2st_auc` scores 0.5. All copies of a cell found in both samples
+  are kept in one cross-validation fold, so no cell is scored by a classifier that was trained
+  on its copy from the other sample; without that, a sample against a copy of itself scored
+  about 0.03. The U-statistics :func:`mmd_rbf` and :func:`energy_distance` give a value a little
+  below 0, precision and recall 1, gene correlations 1, ``zero_fraction_error`` and
+  ``library_size_distance`` 0.
+- *All cells identical* (both samples pooled): :func:`c2st_auc` returns 0.5, the other
+  embedding metrics their ideal value, with a warning. A ``reference`` or ``train`` whose cells
+  are all identical is refused: a PCA fitted on it has no direction.
+- *Constant statistics*: a gene correlation is undefined when the per-gene statistic is the same
+  for every gene in one sample (one gene; a synthetic sample of one repeated cell has variance
+  0 in every gene): it returns NaN with a warning.
+- *All-zero genes*: genes that are zero in every cell of both samples agree trivially; when they
+  are more than half of the genes, the gene statistics warn that they pull correlations toward 1
+  and ``zero_fraction_error`` toward 0 (select expressed genes first).
+- *Counts or not*: ``evaluate(counts=True)`` refuses input that is not non-negative integers
+  (log-normalised data would be normalised twice); ``evaluate(counts=False)`` warns when the
+  input looks like raw counts; :func:`library_size_distance` warns on non-integer input.
+- :func:`dcr_ratio` returns NaN with a warning when the held-out cells duplicate training cells.
+
+``docs/reliability.md`` lists the cases the test suite tries and what each does.
 """
 
 from __future__ import annotations
 
-import numbers
+import sys
+import warnings
+from numbers import Integral, Real
 
 import numpy as np
 import scipy.sparse as sp
@@ -34,15 +71,18 @@ from sklearn.base import clone
 from sklearn.decomposition import PCA
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.linear_model import LogisticRegression
-from sklearn.model_selection import StratifiedKFold, cross_val_score
+from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold, cross_val_score
 from sklearn.neighbors import KNeighborsClassifier
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.utils import check_random_state
+from sklearn.utils._param_validation import HasMethods, StrOptions, validate_params
 
 from .preprocessing import NormalizeLog1p
+from .preprocessing import _NumberInterval as Interval
 
 __all__ = [
+    "DegenerateInputWarning",
     "c2st_auc",
     "dcr_ratio",
     "distance_to_closest_record",
@@ -61,6 +101,46 @@ __all__ = [
 # Above this many entries in the real matrix, PCA runs on it without densifying (ARPACK).
 _DENSE_PCA_MAX_ENTRIES = 10_000_000
 _BANDWIDTH_FACTORS = (0.25, 0.5, 1.0, 2.0, 4.0)
+# Fewer cells than this per side (after balancing): the embedding metrics warn that they are noisy.
+_FEW_CELLS = 10
+
+_MATRIX = ["array-like", "sparse matrix"]
+_OPTIONAL_MATRIX = ["array-like", "sparse matrix", None]
+_N_COMPONENTS = [Interval(Integral, 1, None, closed="left")]
+_MAX_CELLS = [Interval(Integral, 2, None, closed="left"), None]
+
+
+class DegenerateInputWarning(UserWarning):
+    """Warning that a metric's input is degenerate, so its value is trivial, noisy or undefined.
+
+    Raised for samples too small to judge, samples whose cells are all identical, gene statistics
+    that are constant across genes (the correlation is NaN), mostly all-zero genes, input that does
+    not look like what a metric expects (counts or log-normalised values), and held-out cells that
+    duplicate training cells in :func:`dcr_ratio`. Silence it with
+    ``warnings.simplefilter("ignore", DegenerateInputWarning)``.
+
+    Examples
+    --------
+    >>> import warnings
+    >>> import numpy as np
+    >>> from scaug.metrics import DegenerateInputWarning, gene_mean_correlation
+    >>> with warnings.catch_warnings(record=True) as caught:
+    ...     warnings.simplefilter("always")
+    ...     value = gene_mean_correlation(np.ones((3, 2)), np.ones((3, 2)))
+    >>> bool(np.isnan(value)), caught[0].category is DegenerateInputWarning
+    (True, True)
+    """
+
+
+def _warn(message, category=DegenerateInputWarning):
+    """Warn, attributing the warning to the first caller outside this module."""
+    frame, level = sys._getframe(1), 2
+    while frame is not None and frame.f_globals.get("__name__") in _INTERNAL_MODULES:
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, category, stacklevel=level)
+
+
+_INTERNAL_MODULES = (__name__, "sklearn.utils._param_validation")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -70,6 +150,11 @@ def _check_matrix(X, name, *, min_rows=2):
     """Return ``X`` as a float64 ndarray or CSR matrix, or raise a ValueError saying why not."""
     if X is None:
         raise ValueError(f"`{name}` is None; expected a cells x genes matrix.")
+    if hasattr(X, "obs") and hasattr(X, "var") and hasattr(X, "X"):
+        raise ValueError(
+            f"`{name}` is an AnnData; pass its matrix instead (`adata.X`, or a layer such as "
+            "`adata.layers['counts']`)."
+        )
     if sp.issparse(X):
         if X.ndim != 2:
             raise ValueError(f"`{name}` must be 2-D (cells x genes); got {X.ndim} dimensions.")
@@ -116,12 +201,6 @@ def _check_pair(real, synthetic, names=("real", "synthetic"), *, min_rows=2):
     return real, synthetic
 
 
-def _check_positive_int(value, name, *, minimum=1):
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise ValueError(f"`{name}` must be an integer >= {minimum}; got {value!r}.")
-    return int(value)
-
-
 def _check_nonnegative(X, name, what):
     values = X.data if sp.issparse(X) else X
     if values.size and values.min() < 0:
@@ -129,6 +208,33 @@ def _check_nonnegative(X, name, what):
             f"`{name}` contains negative values (min {values.min():g}); {what} expects "
             "non-negative counts."
         )
+
+
+def _non_integer(X):
+    """Number of stored values of ``X`` that are not whole numbers, and the first of them."""
+    values = X.data if sp.issparse(X) else X.ravel()
+    bad = values != np.round(values)
+    n_bad = int(np.count_nonzero(bad))
+    return n_bad, (float(values[np.argmax(bad)]) if n_bad else None)
+
+
+def _check_counts(X, name, what):
+    """Refuse ``X`` unless it holds non-negative whole numbers (raw counts)."""
+    _check_nonnegative(X, name, what)
+    n_bad, example = _non_integer(X)
+    if n_bad:
+        raise ValueError(
+            f"`{name}` is not raw counts: {n_bad} of its values are not whole numbers (for "
+            f"example {example:.6g}); {what} expects raw counts and normalises them itself, so "
+            "log-normalised data would be normalised a second time. Pass counts=False for "
+            "log-normalised values, or pass the raw counts."
+        )
+
+
+def _looks_like_counts(X):
+    """True when every value of ``X`` is a whole number and some exceed 1 (raw counts, likely)."""
+    values = X.data if sp.issparse(X) else X
+    return bool(values.size and values.max() > 1 and _non_integer(X)[0] == 0)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -158,6 +264,68 @@ def _library_size(X):
     return np.asarray(X.sum(axis=1)).ravel()
 
 
+def _warn_all_zero_genes(real, synthetic):
+    """Warn when most genes are zero in every cell of both samples (they agree trivially)."""
+    zero = (_zero_fraction(real) == 1.0) & (_zero_fraction(synthetic) == 1.0)
+    n_zero, n_genes = int(zero.sum()), zero.size
+    if n_genes > 1 and n_zero > n_genes / 2:
+        _warn(
+            f"{n_zero} of the {n_genes} genes are zero in every cell of both samples; they agree "
+            "trivially, pulling gene correlations toward 1 and zero_fraction_error toward 0. "
+            "Select expressed genes first, e.g. X[:, np.flatnonzero(X.sum(axis=0))]."
+        )
+
+
+def _all_rows_equal(X):
+    """True when every row of ``X`` equals the first (dense or sparse)."""
+    if sp.issparse(X):
+        return bool(np.all(X.max(axis=0).toarray() == X.min(axis=0).toarray()))
+    return bool(np.all(X == X[:1]))
+
+
+def _row_keys(*blocks):
+    """One hashable key per row of the stacked blocks; rows holding equal values share it."""
+    if any(sp.issparse(X) for X in blocks):
+        blocks = [sp.csr_matrix(X, dtype=np.float64, copy=True) for X in blocks]
+    keys = []
+    for X in blocks:
+        if sp.issparse(X):
+            X.sum_duplicates()  # canonical: sorted indices, one entry per position
+            X.data += 0.0  # -0.0 and 0.0 alike
+            X.eliminate_zeros()
+            rows = (
+                (X.indices[a:b].tobytes(), X.data[a:b].tobytes())
+                for a, b in zip(X.indptr[:-1], X.indptr[1:], strict=True)
+            )
+        else:
+            rows = (row.tobytes() for row in np.ascontiguousarray(X, dtype=np.float64) + 0.0)
+        keys.append(list(rows))
+    return keys
+
+
+def _shared_cell_groups(real, synthetic):
+    """Group labels for cross-validation: all copies of a cell found in both samples share one.
+
+    A cell present in both samples is where a classifier trained on one copy (labelled one
+    class) and scored on the other (labelled the other class) is wrong by construction, so all
+    its copies go to one fold. A cell repeated within one sample only is a real feature of that
+    sample (a generator that repeats a cell) and stays free to be learnt: it gets one group per
+    row, as does every other cell.
+    """
+    keys_real, keys_syn = _row_keys(real, synthetic)
+    shared = set(keys_real) & set(keys_syn)
+    shared_ids, groups = {}, []
+    for key in keys_real + keys_syn:
+        if key not in shared:
+            groups.append(len(groups))  # placeholder, renumbered below
+        elif key in shared_ids:
+            groups.append(shared_ids[key])
+        else:
+            shared_ids[key] = len(groups)
+            groups.append(shared_ids[key])
+    return np.unique(groups, return_inverse=True)[1].astype(np.int64)
+
+
 def _subsample(X, max_cells, rng):
     """Rows of ``X`` in a random subset of at most ``max_cells``; ``X`` itself when small enough."""
     if max_cells is None or X.shape[0] <= max_cells:
@@ -178,6 +346,10 @@ def _pearson(a, b):
 # ----------------------------------------------------------------------------------------------
 # normalisation and embedding
 # ----------------------------------------------------------------------------------------------
+@validate_params(
+    {"X": _MATRIX, "target_sum": [Interval(Real, 0, None, closed="neither")]},
+    prefer_skip_nested_validation=True,
+)
 def normalize_log1p(X, *, target_sum=1e4):
     """Scale every cell to ``target_sum`` total counts, then take ``log1p``.
 
@@ -207,14 +379,28 @@ def normalize_log1p(X, *, target_sum=1e4):
     """
     X = _check_matrix(X, "X", min_rows=1)
     _check_nonnegative(X, "X", "normalize_log1p")
-    if not (isinstance(target_sum, numbers.Real) and target_sum > 0):
-        raise ValueError(f"`target_sum` must be a positive number; got {target_sum!r}.")
     return NormalizeLog1p(target_sum=target_sum).fit_transform(X)
 
 
-def _fit_pca(X, n_components, random_state):
-    """Fit PCA on ``X``; return (mean, components) with components of shape (k, n_genes)."""
+def _fit_pca(X, n_components, random_state, name=None):
+    """Fit PCA on ``X``; return (mean, components) with components of shape (k, n_genes).
+
+    ``X`` whose rows are all identical has no principal direction: with ``name`` (the argument
+    it came from) that is an error; without (the pooled samples), every cell gets coordinate 0.
+    """
     n_cells, n_genes = X.shape
+    if _all_rows_equal(X):
+        if name is not None:
+            raise ValueError(
+                f"All {n_cells} cells of `{name}` are identical, so a PCA fitted on them has no "
+                "direction to project on; pass cells that vary."
+            )
+        _warn(
+            f"All {n_cells} cells of the two samples pooled are identical; the samples cannot be "
+            "told apart (every cell gets the same coordinates) and the metric takes its ideal value."
+        )
+        mean = np.asarray(X[:1].toarray() if sp.issparse(X) else X[:1], dtype=np.float64).ravel()
+        return mean, np.zeros((1, n_genes))
     k = min(n_components, n_cells - 1, n_genes)
     if n_cells * n_genes <= _DENSE_PCA_MAX_ENTRIES or k < 1:
         dense = X.toarray() if sp.issparse(X) else X
@@ -230,6 +416,7 @@ def _project(X, mean, components):
 
 
 def _check_reference(reference, n_genes):
+    """``reference`` as a checked matrix with ``n_genes`` columns, or None."""
     if reference is None:
         return None
     reference = _check_matrix(reference, "reference")
@@ -247,17 +434,38 @@ def _vstack(a, b):
     return np.vstack([a, b])
 
 
-def _embed(real, synthetic, n_components, reference, max_cells, rng):
-    """Balanced subsamples of both sides, projected on the PCA of ``reference`` or of both."""
+def _balanced(real, synthetic, max_cells, rng):
+    """Random subsets of both sides of equal size ``min(n_real, n_synthetic, max_cells)``."""
     m = min(real.shape[0], synthetic.shape[0])
     if max_cells is not None:
         m = min(m, max_cells)
-    real, synthetic = _subsample(real, m, rng), _subsample(synthetic, m, rng)
-    fit_on = _vstack(real, synthetic) if reference is None else reference
-    mean, components = _fit_pca(fit_on, n_components, rng)
+    if m < _FEW_CELLS:
+        _warn(
+            f"Only {m} cells per sample; with fewer than {_FEW_CELLS} a two-sample score is very "
+            "noisy (samples of one population can score far from the ideal value)."
+        )
+    return _subsample(real, m, rng), _subsample(synthetic, m, rng)
+
+
+def _embed(real, synthetic, n_components, reference, rng):
+    """Project both sides on the PCA of ``reference``, or of both pooled when it is None."""
+    if reference is None:
+        mean, components = _fit_pca(_vstack(real, synthetic), n_components, rng)
+    else:
+        mean, components = _fit_pca(reference, n_components, rng, name="reference")
     return _project(real, mean, components), _project(synthetic, mean, components)
 
 
+@validate_params(
+    {
+        "real": _MATRIX,
+        "synthetic": _MATRIX,
+        "n_components": _N_COMPONENTS,
+        "reference": _OPTIONAL_MATRIX,
+        "random_state": ["random_state"],
+    },
+    prefer_skip_nested_validation=True,
+)
 def pca_embed(real, synthetic, *, n_components=30, reference=None, random_state=None):
     """Project real and synthetic cells onto a common PCA space.
 
@@ -300,13 +508,14 @@ def pca_embed(real, synthetic, *, n_components=30, reference=None, random_state=
     ((50, 5), (40, 5))
     """
     real, synthetic = _check_pair(real, synthetic)
-    n_components = _check_positive_int(n_components, "n_components")
     reference = _check_reference(reference, real.shape[1])
     rng = check_random_state(random_state)
     if reference is None:
         m = min(real.shape[0], synthetic.shape[0])
-        reference = _vstack(_subsample(real, m, rng), _subsample(synthetic, m, rng))
-    mean, components = _fit_pca(reference, n_components, rng)
+        pooled = _vstack(_subsample(real, m, rng), _subsample(synthetic, m, rng))
+        mean, components = _fit_pca(pooled, n_components, rng)
+    else:
+        mean, components = _fit_pca(reference, n_components, rng, name="reference")
     return _project(real, mean, components), _project(synthetic, mean, components)
 
 
@@ -316,26 +525,57 @@ def pca_embed(real, synthetic, *, n_components=30, reference=None, random_state=
 _CLASSIFIERS = ("random_forest", "knn", "logistic")
 
 
-def _make_classifier(classifier, seed):
+def _make_classifier(classifier, seed, n_train):
+    """The classifier of :func:`c2st_auc`; ``n_train`` is the smallest training fold."""
     if classifier is None or classifier == "random_forest":
         return RandomForestClassifier(n_estimators=100, min_samples_leaf=2, random_state=seed)
-    if isinstance(classifier, str):
-        if classifier == "knn":
-            return make_pipeline(StandardScaler(), KNeighborsClassifier(n_neighbors=10))
-        if classifier == "logistic":
-            return make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))
-        raise ValueError(
-            f"`classifier` must be None, one of {_CLASSIFIERS}, or a scikit-learn classifier; "
-            f"got {classifier!r}."
-        )
-    if not hasattr(classifier, "fit"):
-        raise ValueError(
-            f"`classifier` must be None, one of {_CLASSIFIERS}, or a scikit-learn classifier with "
-            f"`fit`; got an object of type {type(classifier).__name__}."
-        )
+    if classifier == "knn":
+        knn = KNeighborsClassifier(n_neighbors=min(10, n_train))
+        return make_pipeline(StandardScaler(), knn)
+    if classifier == "logistic":
+        return make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))
     return clone(classifier)
 
 
+def _c2st_splits(X, y, groups, cv, seed):
+    """Stratified folds that keep shared cells together; each side of a fold has both classes.
+
+    Without cells shared by the two samples these are exactly ``StratifiedKFold``'s folds. With
+    them they come from ``StratifiedGroupKFold`` on :func:`_shared_cell_groups`, so a cell is
+    never scored by a classifier trained on its copy from the other sample (a sample against a
+    copy of itself would score near 0 instead of 0.5).
+    """
+    n = int(np.sum(y == 0))
+    n_groups = int(groups.max()) + 1
+    if n_groups == len(y):
+        folds = StratifiedKFold(n_splits=min(cv, n), shuffle=True, random_state=seed)
+        return list(folds.split(X, y))
+    folds = StratifiedGroupKFold(n_splits=min(cv, n, n_groups), shuffle=True, random_state=seed)
+    return [
+        (train, test)
+        for train, test in folds.split(X, y, groups)
+        if np.unique(y[train]).size == 2 and np.unique(y[test]).size == 2
+    ]
+
+
+@validate_params(
+    {
+        "real": _MATRIX,
+        "synthetic": _MATRIX,
+        "n_components": _N_COMPONENTS,
+        "reference": _OPTIONAL_MATRIX,
+        "classifier": [
+            None,
+            StrOptions(set(_CLASSIFIERS)),
+            HasMethods(["fit", "predict_proba"]),
+            HasMethods(["fit", "decision_function"]),
+        ],
+        "cv": [Interval(Integral, 2, None, closed="left")],
+        "max_cells": _MAX_CELLS,
+        "random_state": ["random_state"],
+    },
+    prefer_skip_nested_validation=True,
+)
 def c2st_auc(
     real,
     synthetic,
@@ -359,6 +599,15 @@ def c2st_auc(
     inflated spread (a linear classifier sees only the former). Note that exact copies of real
     cells score 0.5 here: check memorisation with :func:`dcr_ratio`.
 
+    A cell found in both samples has all its copies kept in one fold (``StratifiedGroupKFold``),
+    so no cell is scored by a classifier trained on its copy from the other sample: a sample
+    against an exact copy of itself scores 0.5 (about 0.03 otherwise). A cell repeated within
+    one sample only is a feature of that sample and stays free to be learnt. Without shared
+    cells the folds are ``StratifiedKFold``'s. Degenerate input warns
+    (:class:`DegenerateInputWarning`): fewer than 10 cells per sample (a noisy score), all cells
+    of both samples identical (0.5 without fitting anything), and shared cells that leave no
+    fold with both samples on each side (NaN).
+
     Parameters
     ----------
     real, synthetic : array-like or scipy sparse matrix of shape (n_cells, n_genes)
@@ -374,7 +623,8 @@ def c2st_auc(
         ``"logistic"``: logistic regression on standardised PCs. An estimator is cloned; it must
         offer ``predict_proba`` or ``decision_function``.
     cv : int, default=5
-        Number of folds; reduced to the number of cells per class when that is smaller.
+        Number of folds; reduced to the number of cells per class (or of distinct cells) when
+        that is smaller.
     max_cells : int or None, default=2000
         Upper bound on the cells used per class.
     random_state : int, RandomState instance or None, default=None
@@ -383,7 +633,7 @@ def c2st_auc(
     Returns
     -------
     float
-        Mean cross-validated ROC AUC, in [0, 1].
+        Mean cross-validated ROC AUC, in [0, 1]; NaN (with a warning) when no fold can be scored.
 
     Examples
     --------
@@ -395,38 +645,45 @@ def c2st_auc(
     True
     >>> c2st_auc(real, rng.normal(1.0, size=(200, 20)), random_state=0) > 0.95
     True
+    >>> round(c2st_auc(real, real.copy(), random_state=0), 6)  # identical samples
+    0.5
     """
-    real, synthetic, reference, n_components, max_cells = _check_embedding_args(
-        real, synthetic, reference, n_components, max_cells
-    )
-    cv = _check_positive_int(cv, "cv", minimum=2)
+    real, synthetic = _check_pair(real, synthetic)
+    reference = _check_reference(reference, real.shape[1])
     rng = check_random_state(random_state)
     seed = int(rng.randint(np.iinfo(np.int32).max))
-    model = _make_classifier(classifier, seed)
-    zr, zs = _embed(real, synthetic, n_components, reference, max_cells, rng)
+    real, synthetic = _balanced(real, synthetic, max_cells, rng)
+    groups = _shared_cell_groups(real, synthetic)
+    if groups.max() == 0:
+        _warn(
+            f"All {groups.size} cells of the two samples pooled are identical; they cannot be "
+            "told apart, and c2st_auc is 0.5."
+        )
+        return 0.5
+    zr, zs = _embed(real, synthetic, n_components, reference, rng)
     n = zr.shape[0]
     X = np.vstack([zr, zs])
     y = np.r_[np.zeros(n, dtype=int), np.ones(n, dtype=int)]
-    folds = StratifiedKFold(n_splits=min(cv, n), shuffle=True, random_state=seed)
-    scores = cross_val_score(model, X, y, cv=folds, scoring="roc_auc")
+    splits = _c2st_splits(X, y, groups, cv, seed)
+    if not splits:
+        _warn(
+            f"The {groups.size} cells fall into only {groups.max() + 1} groups once the copies of "
+            "each cell found in both samples are kept together, too few to have both samples "
+            "on each side of a fold; c2st_auc is NaN."
+        )
+        return float("nan")
+    model = _make_classifier(classifier, seed, min(len(train) for train, _ in splits))
+    scores = cross_val_score(model, X, y, cv=splits, scoring="roc_auc")
     return float(np.mean(scores))
 
 
-def _check_embedding_args(real, synthetic, reference, n_components, max_cells):
+def _embedded_samples(real, synthetic, n_components, reference, max_cells, random_state):
+    """Checked, balanced and projected samples of an embedding metric, and its generator."""
     real, synthetic = _check_pair(real, synthetic)
     reference = _check_reference(reference, real.shape[1])
-    n_components = _check_positive_int(n_components, "n_components")
-    if max_cells is not None:
-        max_cells = _check_positive_int(max_cells, "max_cells", minimum=2)
-    return real, synthetic, reference, n_components, max_cells
-
-
-def _embedded_samples(real, synthetic, n_components, reference, max_cells, random_state):
-    real, synthetic, reference, n_components, max_cells = _check_embedding_args(
-        real, synthetic, reference, n_components, max_cells
-    )
     rng = check_random_state(random_state)
-    zr, zs = _embed(real, synthetic, n_components, reference, max_cells, rng)
+    real, synthetic = _balanced(real, synthetic, max_cells, rng)
+    zr, zs = _embed(real, synthetic, n_components, reference, rng)
     return zr, zs, rng
 
 
@@ -435,6 +692,18 @@ def _offdiag_mean(K):
     return (K.sum() - np.trace(K)) / (n * (n - 1))
 
 
+@validate_params(
+    {
+        "real": _MATRIX,
+        "synthetic": _MATRIX,
+        "n_components": _N_COMPONENTS,
+        "reference": _OPTIONAL_MATRIX,
+        "bandwidths": ["array-like", Interval(Real, 0, None, closed="neither"), None],
+        "max_cells": _MAX_CELLS,
+        "random_state": ["random_state"],
+    },
+    prefer_skip_nested_validation=True,
+)
 def mmd_rbf(
     real,
     synthetic,
@@ -460,9 +729,9 @@ def mmd_rbf(
     reference : array-like or scipy sparse matrix of shape (n_reference, n_genes), optional
         Real cells to fit the PCA on, independent of ``real`` and ``synthetic`` (for example a
         generator's training cells). None: fitted on both samples pooled, balanced.
-    bandwidths : sequence of float or None, default=None
-        Kernel widths ``sigma`` in PCA units. None: the median pairwise distance of the pooled
-        (subsampled) cells times (0.25, 0.5, 1, 2, 4).
+    bandwidths : float, sequence of float or None, default=None
+        Kernel widths ``sigma`` in PCA units, all positive. None: the median pairwise distance of
+        the pooled (subsampled) cells times (0.25, 0.5, 1, 2, 4).
     max_cells : int or None, default=2000
         Both sides are randomly subsampled to ``min(n_real, n_synthetic, max_cells)`` cells
         (cost is quadratic).
@@ -472,7 +741,8 @@ def mmd_rbf(
     Returns
     -------
     float
-        Unbiased estimate of MMD^2.
+        Unbiased estimate of MMD^2. For identical samples of ``n`` cells it is slightly negative
+        (``-2 (1 - mean off-diagonal kernel) / n``); fewer than 10 cells per sample warn.
 
     Examples
     --------
@@ -518,6 +788,17 @@ def mmd_rbf(
     return float(total / sigmas.size)
 
 
+@validate_params(
+    {
+        "real": _MATRIX,
+        "synthetic": _MATRIX,
+        "n_components": _N_COMPONENTS,
+        "reference": _OPTIONAL_MATRIX,
+        "max_cells": _MAX_CELLS,
+        "random_state": ["random_state"],
+    },
+    prefer_skip_nested_validation=True,
+)
 def energy_distance(
     real, synthetic, *, n_components=30, reference=None, max_cells=2000, random_state=None
 ):
@@ -545,7 +826,8 @@ def energy_distance(
     Returns
     -------
     float
-        Energy distance.
+        Energy distance. For identical samples of ``n`` cells it is slightly negative
+        (``-2 E|X-X'| / n``); fewer than 10 cells per sample warn.
 
     Examples
     --------
@@ -603,6 +885,18 @@ def _nearest_distance(query, ref):
     return out
 
 
+@validate_params(
+    {
+        "real": _MATRIX,
+        "synthetic": _MATRIX,
+        "n_components": _N_COMPONENTS,
+        "reference": _OPTIONAL_MATRIX,
+        "k": [Interval(Integral, 1, None, closed="left")],
+        "max_cells": _MAX_CELLS,
+        "random_state": ["random_state"],
+    },
+    prefer_skip_nested_validation=True,
+)
 def knn_precision_recall(
     real, synthetic, *, k=5, n_components=30, reference=None, max_cells=2000, random_state=None
 ):
@@ -646,7 +940,6 @@ def knn_precision_recall(
     >>> precision > 0.9 and recall < 0.2
     True
     """
-    k = _check_positive_int(k, "k")
     zr, zs, _ = _embedded_samples(real, synthetic, n_components, reference, max_cells, random_state)
     for name, z in (("real", zr), ("synthetic", zs)):
         if z.shape[0] <= k:
@@ -663,6 +956,7 @@ def knn_precision_recall(
 # ----------------------------------------------------------------------------------------------
 def _stat_correlation(real, synthetic, which, log):
     real, synthetic = _check_pair(real, synthetic)
+    _warn_all_zero_genes(real, synthetic)
     (mr, vr), (ms, vs) = _gene_mean_var(real), _gene_mean_var(synthetic)
     a, b = (mr, ms) if which == "mean" else (vr, vs)
     if log:
@@ -672,9 +966,21 @@ def _stat_correlation(real, synthetic, which, log):
                 f"{min(a.min(), b.min()):g}); pass log=False for data that can be negative."
             )
         a, b = np.log1p(a), np.log1p(b)
+    constant = [name for name, v in (("real", a), ("synthetic", b)) if np.all(v == v[0])]
+    if constant:
+        _warn(
+            f"The per-gene {which} is the same for every gene of {' and '.join(constant)} "
+            f"({real.shape[1]} gene(s)), so its correlation is undefined: NaN. A {which} that "
+            "varies across genes is needed (several genes; for the variance, cells that differ)."
+        )
+        return float("nan")
     return _pearson(a, b)
 
 
+_GENE_STAT_CONSTRAINTS = {"real": _MATRIX, "synthetic": _MATRIX, "log": ["boolean"]}
+
+
+@validate_params(_GENE_STAT_CONSTRAINTS, prefer_skip_nested_validation=True)
 def gene_mean_correlation(real, synthetic, *, log=True):
     """Pearson correlation between the per-gene means of real and synthetic cells.
 
@@ -688,8 +994,10 @@ def gene_mean_correlation(real, synthetic, *, log=True):
     Returns
     -------
     float
-        Correlation in [-1, 1]; 1 is ideal. NaN when the means are constant across genes in
-        either sample (the correlation is undefined).
+        Correlation in [-1, 1]; 1 is ideal. NaN, with a :class:`DegenerateInputWarning`, when
+        the means are the same for every gene in either sample (one gene, or all genes equal):
+        the correlation is undefined. Genes that are zero in every cell of both samples count
+        as agreeing; when they are most genes, a warning says so.
 
     Examples
     --------
@@ -704,6 +1012,7 @@ def gene_mean_correlation(real, synthetic, *, log=True):
     return _stat_correlation(real, synthetic, "mean", log)
 
 
+@validate_params(_GENE_STAT_CONSTRAINTS, prefer_skip_nested_validation=True)
 def gene_variance_correlation(real, synthetic, *, log=True):
     """Pearson correlation between the per-gene variances of real and synthetic cells.
 
@@ -720,8 +1029,10 @@ def gene_variance_correlation(real, synthetic, *, log=True):
     Returns
     -------
     float
-        Correlation in [-1, 1]; 1 is ideal. NaN when the variances are constant across genes in
-        either sample.
+        Correlation in [-1, 1]; 1 is ideal. NaN, with a :class:`DegenerateInputWarning`, when
+        the variances are the same for every gene in either sample (one gene, or a sample of
+        one repeated cell, whose variances are all 0). All-zero genes warn as in
+        :func:`gene_mean_correlation`.
 
     Examples
     --------
@@ -736,6 +1047,7 @@ def gene_variance_correlation(real, synthetic, *, log=True):
     return _stat_correlation(real, synthetic, "variance", log)
 
 
+@validate_params({"real": _MATRIX, "synthetic": _MATRIX}, prefer_skip_nested_validation=True)
 def zero_fraction_error(real, synthetic):
     """Mean absolute difference between the per-gene fractions of zeros.
 
@@ -748,7 +1060,8 @@ def zero_fraction_error(real, synthetic):
     Returns
     -------
     float
-        In [0, 1]; 0 is ideal.
+        In [0, 1]; 0 is ideal. Genes that are zero in every cell of both samples contribute 0;
+        when they are most genes, a :class:`DegenerateInputWarning` says so.
 
     Examples
     --------
@@ -758,9 +1071,11 @@ def zero_fraction_error(real, synthetic):
     0.25
     """
     real, synthetic = _check_pair(real, synthetic)
+    _warn_all_zero_genes(real, synthetic)
     return float(np.mean(np.abs(_zero_fraction(real) - _zero_fraction(synthetic))))
 
 
+@validate_params({"real": _MATRIX, "synthetic": _MATRIX}, prefer_skip_nested_validation=True)
 def library_size_distance(real, synthetic):
     """Wasserstein-1 distance between the log1p library sizes of real and synthetic cells.
 
@@ -771,7 +1086,8 @@ def library_size_distance(real, synthetic):
     ----------
     real, synthetic : array-like or scipy sparse matrix of shape (n_cells, n_genes)
         Raw counts (non-negative) of real and synthetic cells, same genes. Normalised data has
-        equal totals by construction and makes this metric meaningless.
+        equal totals by construction and makes this metric meaningless: negative values are
+        refused, and non-integer values warn (:class:`DegenerateInputWarning`).
 
     Returns
     -------
@@ -789,8 +1105,15 @@ def library_size_distance(real, synthetic):
     0.59
     """
     real, synthetic = _check_pair(real, synthetic)
-    _check_nonnegative(real, "real", "library_size_distance")
-    _check_nonnegative(synthetic, "synthetic", "library_size_distance")
+    for name, X in (("real", real), ("synthetic", synthetic)):
+        _check_nonnegative(X, name, "library_size_distance")
+        n_bad, example = _non_integer(X)
+        if n_bad:
+            _warn(
+                f"`{name}` is not raw counts: {n_bad} of its values are not whole numbers (for "
+                f"example {example:.6g}); library_size_distance compares the totals of raw "
+                "counts, and normalised data has equal totals by construction."
+            )
     return float(
         wasserstein_distance(np.log1p(_library_size(real)), np.log1p(_library_size(synthetic)))
     )
@@ -799,6 +1122,15 @@ def library_size_distance(real, synthetic):
 # ----------------------------------------------------------------------------------------------
 # memorisation
 # ----------------------------------------------------------------------------------------------
+@validate_params(
+    {
+        "train": _MATRIX,
+        "query": _MATRIX,
+        "n_components": _N_COMPONENTS,
+        "random_state": ["random_state"],
+    },
+    prefer_skip_nested_validation=True,
+)
 def distance_to_closest_record(train, query, *, n_components=30, random_state=None):
     """Distance from each query cell to its nearest training cell, in the training cells' PCA space.
 
@@ -833,12 +1165,21 @@ def distance_to_closest_record(train, query, *, n_components=30, random_state=No
     train, query = _check_pair(train, query, names=("train", "query"), min_rows=1)
     if train.shape[0] < 2:
         raise ValueError(f"`train` must have at least 2 cells (rows); got {train.shape[0]}.")
-    n_components = _check_positive_int(n_components, "n_components")
-    mean, components = _fit_pca(train, n_components, random_state)
+    mean, components = _fit_pca(train, n_components, random_state, name="train")
     zt, zq = _project(train, mean, components), _project(query, mean, components)
     return _nearest_distance(zq, zt)
 
 
+@validate_params(
+    {
+        "train": _MATRIX,
+        "synthetic": _MATRIX,
+        "holdout": _MATRIX,
+        "n_components": _N_COMPONENTS,
+        "random_state": ["random_state"],
+    },
+    prefer_skip_nested_validation=True,
+)
 def dcr_ratio(train, synthetic, holdout, *, n_components=30, random_state=None):
     """Median distance to closest training cell: synthetic cells over held-out real cells.
 
@@ -864,8 +1205,10 @@ def dcr_ratio(train, synthetic, holdout, *, n_components=30, random_state=None):
     Returns
     -------
     float
-        ``median(DCR(synthetic)) / median(DCR(holdout))``; NaN when the held-out median is 0
-        (held-out cells duplicate training cells, so no reference exists).
+        ``median(DCR(synthetic)) / median(DCR(holdout))``; NaN, with a
+        :class:`DegenerateInputWarning`, when the held-out median is 0 (held-out cells duplicate
+        training cells, so no reference exists). Training cells that are all identical are
+        refused.
 
     Examples
     --------
@@ -882,12 +1225,16 @@ def dcr_ratio(train, synthetic, holdout, *, n_components=30, random_state=None):
     train, holdout = _check_pair(train, holdout, names=("train", "holdout"), min_rows=1)
     if train.shape[0] < 2:
         raise ValueError(f"`train` must have at least 2 cells (rows); got {train.shape[0]}.")
-    n_components = _check_positive_int(n_components, "n_components")
-    mean, components = _fit_pca(train, n_components, random_state)
+    mean, components = _fit_pca(train, n_components, random_state, name="train")
     zt = _project(train, mean, components)
     d_syn = np.median(_nearest_distance(_project(synthetic, mean, components), zt))
     d_hold = np.median(_nearest_distance(_project(holdout, mean, components), zt))
     if d_hold == 0:
+        _warn(
+            "The median held-out cell is a copy of a training cell (distance 0), so there is "
+            "no reference distance and dcr_ratio is NaN; pass held-out cells the generator "
+            "never saw."
+        )
         return float("nan")
     return float(d_syn / d_hold)
 
@@ -895,6 +1242,18 @@ def dcr_ratio(train, synthetic, holdout, *, n_components=30, random_state=None):
 # ----------------------------------------------------------------------------------------------
 # everything at once
 # ----------------------------------------------------------------------------------------------
+@validate_params(
+    {
+        "real": _MATRIX,
+        "synthetic": _MATRIX,
+        "counts": ["boolean"],
+        "train": _OPTIONAL_MATRIX,
+        "n_components": _N_COMPONENTS,
+        "k": [Interval(Integral, 1, None, closed="left")],
+        "random_state": ["random_state"],
+    },
+    prefer_skip_nested_validation=True,
+)
 def evaluate(real, synthetic, *, counts=True, train=None, n_components=30, k=5, random_state=None):
     """Run every fidelity metric and return a flat dict of named floats.
 
@@ -905,12 +1264,17 @@ def evaluate(real, synthetic, *, counts=True, train=None, n_components=30, k=5, 
     distance is left out. The embedding metrics use their default PCA (pooled, balanced), so
     scores are comparable whether or not ``train`` is given.
 
+    ``counts=True`` refuses input that is not raw counts (negative or non-whole values): data
+    normalised already would be normalised a second time. ``counts=False`` warns when the input
+    looks like raw counts (whole numbers above 1). The warnings of the metrics it runs
+    (:class:`DegenerateInputWarning`) are passed on once each.
+
     Parameters
     ----------
     real, synthetic : array-like or scipy sparse matrix of shape (n_cells, n_genes)
         Real (held-out) and synthetic cells, same genes.
     counts : bool, default=True
-        Whether the inputs are raw counts.
+        Whether the inputs are raw counts (non-negative whole numbers) or log-normalised values.
     train : array-like or scipy sparse matrix of shape (n_train, n_genes), optional
         The real cells the generator was trained on, in the same form as ``real``. When given,
         ``dcr_ratio`` is added, with ``real`` as the held-out reference.
@@ -943,24 +1307,37 @@ def evaluate(real, synthetic, *, counts=True, train=None, n_components=30, k=5, 
     """
     real, synthetic = _check_pair(real, synthetic)
     if train is not None:
-        train = _check_matrix(train, "train")
-        if train.shape[1] != real.shape[1]:
-            raise ValueError(
-                f"`train` has {train.shape[1]} genes (columns) but `real` has {real.shape[1]}; "
-                "both must have the same genes in the same order."
+        real, train = _check_pair(real, train, names=("real", "train"))
+    inputs = {"real": real, "synthetic": synthetic, "train": train}
+    inputs = {name: X for name, X in inputs.items() if X is not None}
+    for name, X in inputs.items():
+        if counts:
+            _check_counts(X, name, "evaluate(counts=True)")
+        elif _looks_like_counts(X):
+            _warn(
+                f"`{name}` looks like raw counts (every value a whole number, up to "
+                f"{X.max():g}), but evaluate(counts=False) takes log-normalised values and does "
+                "not normalise them; pass counts=True for raw counts."
             )
-    k = _check_positive_int(k, "k")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        scores = _evaluate(real, synthetic, train, counts, n_components, k, random_state)
+    seen = set()
+    for w in caught:  # pass each warning of the metrics on once
+        if (w.category, str(w.message)) not in seen:
+            seen.add((w.category, str(w.message)))
+            _warn(w.message, w.category)
+    return scores
+
+
+def _evaluate(real, synthetic, train, counts, n_components, k, random_state):
+    """The metrics of :func:`evaluate` on checked input."""
     rng = check_random_state(random_state)
     seeds = rng.randint(np.iinfo(np.int32).max, size=5)
 
     if counts:
-        _check_nonnegative(real, "real", "evaluate(counts=True)")
-        _check_nonnegative(synthetic, "synthetic", "evaluate(counts=True)")
         log_real, log_syn = normalize_log1p(real), normalize_log1p(synthetic)
-        log_train = None
-        if train is not None:
-            _check_nonnegative(train, "train", "evaluate(counts=True)")
-            log_train = normalize_log1p(train)
+        log_train = None if train is None else normalize_log1p(train)
     else:
         log_real, log_syn, log_train = real, synthetic, train
 

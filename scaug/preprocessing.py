@@ -24,6 +24,19 @@ except ImportError:  # scikit-learn < 1.6
 __all__ = ["NormalizeLog1p"]
 
 
+class _NumberInterval(Interval):
+    """scikit-learn's :class:`~sklearn.utils._param_validation.Interval`, refusing booleans.
+
+    ``Interval(Integral, 1, None)`` takes ``True`` as the number 1, which is almost always a
+    mistake (a flag passed where a count belongs). This subclass gives the same message
+    ("must be an int in the range [1, inf)") for ``True`` and ``False``. The metrics and data
+    set functions of scaug use it in their ``validate_params`` constraints.
+    """
+
+    def is_satisfied_by(self, val):
+        return not isinstance(val, (bool, np.bool_)) and super().is_satisfied_by(val)
+
+
 class NormalizeLog1p(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
     """Scale each cell to a fixed total count, then apply ``log1p``.
 
@@ -71,7 +84,7 @@ class NormalizeLog1p(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
     """
 
     _parameter_constraints: dict = {
-        "target_sum": [Interval(Real, 0, None, closed="neither"), None],
+        "target_sum": [_NumberInterval(Real, 0, None, closed="neither"), None],
     }
 
     def __init__(self, target_sum=1e4):

@@ -1,12 +1,18 @@
 """Tests for scaug.metrics on simulated counts with known answers."""
 
+import warnings
+
 import numpy as np
 import pytest
 import scipy.sparse as sp
+from sklearn.ensemble import RandomForestClassifier
+from sklearn.model_selection import StratifiedKFold, cross_val_score
+from sklearn.utils._param_validation import InvalidParameterError
 from threadpoolctl import threadpool_limits
 
 from scaug import metrics
 from scaug.metrics import (
+    DegenerateInputWarning,
     c2st_auc,
     dcr_ratio,
     distance_to_closest_record,
@@ -247,12 +253,16 @@ def test_deterministic_for_a_random_state(small_counts):
     )
 
 
-def test_small_samples_work():
+def test_small_samples_work_and_warn_once():
     rng = np.random.default_rng(0)
     real, synthetic = rng.poisson(3.0, size=(3, 10)), rng.poisson(3.0, size=(4, 10))
-    scores = evaluate(real, synthetic, random_state=0)
+    with pytest.warns(DegenerateInputWarning, match="Only 3 cells per sample") as record:
+        scores = evaluate(real, synthetic, random_state=0)
     assert all(np.isfinite(v) for v in scores.values())
     assert 0.0 <= scores["c2st_auc"] <= 1.0
+    few = [w for w in record if "Only 3 cells" in str(w.message)]
+    assert len(few) == 1  # evaluate passes each metric warning on once
+    assert few[0].filename == __file__  # attributed to the caller, not to scaug or scikit-learn
 
 
 def test_pca_embed_fits_reference_and_clips_components():
@@ -284,9 +294,174 @@ def test_gene_statistics_match_numpy(small_counts):
     assert gene_mean_correlation(real, synthetic, log=False) == pytest.approx(expected)
 
 
-def test_constant_statistics_give_nan():
+def test_constant_statistics_give_nan_with_a_warning():
     x = np.ones((5, 4))
-    assert np.isnan(gene_mean_correlation(x, x))
+    with pytest.warns(DegenerateInputWarning, match="same for every gene of real and synthetic"):
+        assert np.isnan(gene_mean_correlation(x, x))
+    rng = np.random.default_rng(0)
+    real = rng.poisson(2.0, size=(20, 6)).astype(float)
+    repeated = np.tile(real[:1], (20, 1))  # a collapsed generator: one cell, again and again
+    with pytest.warns(DegenerateInputWarning, match="variance is the same for every gene of synth"):
+        assert np.isnan(gene_variance_correlation(real, repeated))
+    with pytest.warns(DegenerateInputWarning, match=r"\(1 gene\(s\)\)"):
+        assert np.isnan(gene_mean_correlation(real[:, :1], real[:, :1] + 1))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # varying statistics: no warning
+        assert gene_mean_correlation(real, real) == pytest.approx(1.0)
+
+
+# ----------------------------------------------------------------------------------------------
+# identical samples and duplicate cells
+# ----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("container", [np.asarray, sp.csr_matrix])
+def test_c2st_of_an_exact_copy_is_one_half(data, container):
+    # Before duplicates were kept in one fold this scored about 0.03: each cell's copy, labelled
+    # the other class, sat in the training folds, and the forest learnt the opposite label.
+    real = container(data[1]["real"])
+    assert c2st_auc(real, real.copy(), random_state=0) == pytest.approx(0.5, abs=1e-12)
+    shuffled = data[1]["real"][np.random.default_rng(0).permutation(N_CELLS)]
+    assert c2st_auc(real, container(shuffled), random_state=1) == pytest.approx(0.5, abs=1e-12)
+    auc = c2st_auc(real, real, classifier="logistic", random_state=0)
+    assert auc == pytest.approx(0.5, abs=1e-12)
+    # both sides subsampled to different subsets of the same cells: still no leakage
+    assert abs(c2st_auc(real, real, max_cells=200, random_state=0) - 0.5) < 0.1
+
+
+def test_c2st_without_duplicates_uses_plain_stratified_folds(small_counts):
+    # Without duplicate cells nothing changes: the score is exactly the earlier protocol's.
+    real, synthetic = (normalize_log1p(x) for x in small_counts)
+    got = c2st_auc(real, synthetic, n_components=10, random_state=3)
+    rng = np.random.RandomState(3)
+    seed = int(rng.randint(np.iinfo(np.int32).max))
+    m = min(len(real), len(synthetic))
+    sub = [x[np.sort(rng.choice(len(x), size=m, replace=False))] if len(x) > m else x
+           for x in (real, synthetic)]
+    zr, zs = pca_embed(sub[0], sub[1], n_components=10, reference=np.vstack(sub))
+    X, y = np.vstack([zr, zs]), np.r_[np.zeros(m), np.ones(m)]
+    forest = RandomForestClassifier(n_estimators=100, min_samples_leaf=2, random_state=seed)
+    folds = StratifiedKFold(n_splits=5, shuffle=True, random_state=seed)
+    expected = cross_val_score(forest, X, y, cv=folds, scoring="roc_auc").mean()
+    assert got == pytest.approx(expected, abs=1e-12)
+
+
+def test_cells_shared_by_both_samples_stay_in_one_fold():
+    rng = np.random.default_rng(0)
+    real = rng.normal(size=(40, 8))
+    synthetic = rng.normal(size=(40, 8))
+    synthetic[:10] = real[:10]  # ten real cells copied into the synthetic sample
+    real[10:15] = real[10]  # one real cell repeated five times: not shared, free to split
+    groups = metrics._shared_cell_groups(real, synthetic)
+    assert groups.max() + 1 == 80 - 10
+    y = np.r_[np.zeros(40), np.ones(40)]
+    splits = metrics._c2st_splits(np.vstack([real, synthetic]), y, groups, 5, 0)
+    assert len(splits) == 5
+    for train, test in splits:
+        assert not set(groups[train]) & set(groups[test])
+        assert set(y[test]) == {0, 1}
+
+
+def test_a_cell_repeated_within_one_sample_is_still_detected():
+    # A generator that emits one cell again and again is recognisable: grouping only the cells
+    # shared by both samples leaves its repeats free to be learnt.
+    rng = np.random.default_rng(0)
+    real, synthetic = rng.normal(size=(40, 8)), rng.normal(size=(40, 8))
+    synthetic[:20] = synthetic[0]
+    assert np.all(np.diff(metrics._shared_cell_groups(real, synthetic)) == 1)
+    assert c2st_auc(real, synthetic, random_state=0) > 0.7
+
+
+def test_row_keys_ignore_container_and_signed_zero():
+    a = np.array([[0.0, 1.0], [-0.0, 1.0], [2.0, 0.0]])
+    np.testing.assert_array_equal(metrics._shared_cell_groups(a, a[::-1]), [0, 0, 1, 1, 0, 0])
+    b = sp.csr_matrix(np.array([[2.0, 0.0], [0.0, 1.0]]))
+    explicit = sp.csr_matrix((np.array([0.0, 2.0]), np.array([1, 0]), np.array([0, 2])), shape=(1, 2))
+    keys = metrics._row_keys(a, b, explicit)
+    assert keys[0][0] == keys[0][1] == keys[1][1] and keys[0][2] == keys[1][0] == keys[2][0]
+
+
+def test_identical_samples_score_ideal_everywhere(data):
+    counts, log = data
+    real = log["real"]
+    assert mmd_rbf(real, real, random_state=0) <= 0 < mmd_rbf(real, log["shifted"], random_state=0)
+    same = energy_distance(real, real, random_state=0)  # -2 E|X - X'| / n
+    assert same <= 0 and -same < 0.1 * energy_distance(real, log["shifted"], random_state=0)
+    assert knn_precision_recall(real, real, random_state=0) == (1.0, 1.0)
+    assert gene_mean_correlation(real, real) == pytest.approx(1.0)
+    assert zero_fraction_error(real, real) == 0.0
+    assert library_size_distance(counts["real"], counts["real"]) == 0.0
+    scores = evaluate(counts["real"], counts["real"], random_state=0)
+    assert scores["c2st_auc"] == pytest.approx(0.5) and scores["precision"] == scores["recall"] == 1.0
+
+
+def test_all_cells_identical_warns_and_scores_ideal():
+    zeros = np.zeros((12, 5))
+    with pytest.warns(DegenerateInputWarning, match="are identical"):
+        assert c2st_auc(zeros, zeros, random_state=0) == 0.5
+    with pytest.warns(DegenerateInputWarning, match="are identical"):
+        assert energy_distance(zeros, sp.csr_matrix(zeros), random_state=0) == 0.0
+    with pytest.warns(DegenerateInputWarning, match="are identical"):
+        assert mmd_rbf(zeros, zeros, random_state=0) == 0.0
+    with pytest.raises(ValueError, match="All 12 cells of `reference` are identical"):
+        pca_embed(np.eye(5), np.eye(5), reference=zeros)
+    with pytest.raises(ValueError, match="All 12 cells of `train` are identical"):
+        dcr_ratio(zeros, np.eye(5), np.eye(5))
+
+
+def test_c2st_with_too_few_groups_is_nan_with_a_warning():
+    a, b = np.zeros((2, 4)), np.array([[0.0] * 4, [1.0] * 4])  # the zero cell is in both
+    with pytest.warns(DegenerateInputWarning, match="fall into only 2 groups"):
+        assert np.isnan(c2st_auc(a, b, random_state=0))
+    # two different repeated cells are told apart perfectly
+    with pytest.warns(DegenerateInputWarning, match="Only 3 cells"):
+        assert c2st_auc(np.zeros((3, 4)), np.ones((3, 4)), random_state=0) == 1.0
+
+
+def test_knn_classifier_on_tiny_samples():
+    rng = np.random.default_rng(0)
+    with pytest.warns(DegenerateInputWarning, match="Only 4 cells"):
+        auc = c2st_auc(rng.normal(size=(4, 6)), rng.normal(size=(4, 6)), classifier="knn")
+    assert 0.0 <= auc <= 1.0
+
+
+# ----------------------------------------------------------------------------------------------
+# counts or log-normalised values
+# ----------------------------------------------------------------------------------------------
+def test_evaluate_counts_refuses_log_normalised_input(data):
+    counts, log = data
+    with pytest.raises(ValueError, match="`real` is not raw counts.*Pass counts=False"):
+        evaluate(log["real"], counts["fresh"], random_state=0)
+    with pytest.raises(ValueError, match="`train` is not raw counts"):
+        evaluate(counts["real"], counts["fresh"], train=log["holdout"], random_state=0)
+    with pytest.raises(ValueError, match="`synthetic` contains negative values"):
+        evaluate(counts["real"], -counts["fresh"], random_state=0)
+
+
+def test_evaluate_log_input_warns_on_counts(data):
+    counts, _ = data
+    with pytest.warns(DegenerateInputWarning, match="`synthetic` looks like raw counts"):
+        evaluate(normalize_log1p(counts["real"]), counts["fresh"], counts=False, random_state=0)
+
+
+def test_library_size_distance_warns_on_non_counts(data):
+    _, log = data
+    with pytest.warns(DegenerateInputWarning, match="`real` is not raw counts"):
+        library_size_distance(log["real"], np.rint(log["real"]))
+
+
+def test_mostly_all_zero_genes_warn(data):
+    counts, _ = data
+    padded = [sp.hstack([sp.csr_matrix(x), sp.csr_matrix((N_CELLS, 3 * N_GENES))]).tocsr()
+              for x in (counts["real"], counts["fresh"])]
+    for fn in (gene_mean_correlation, gene_variance_correlation, zero_fraction_error):
+        with pytest.warns(DegenerateInputWarning, match=r"60\d of the 800 genes are zero"):
+            fn(*padded)
+
+
+def test_dcr_ratio_with_duplicated_holdout_is_nan_with_a_warning(data):
+    _, log = data
+    train = log["real"]
+    with pytest.warns(DegenerateInputWarning, match="no reference distance"):
+        assert np.isnan(dcr_ratio(train, log["fresh"], train[:50]))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -305,7 +480,10 @@ GOOD = np.ones((5, 4))
         (sp.csr_matrix(np.array([[np.inf, 0.0], [1.0, 1.0]])), np.ones((2, 2)), "NaN or inf"),
         (np.ones((1, 4)), GOOD, r"`real` must have at least 2 cells"),
         (np.array([["a", "b"], ["c", "d"]]), np.ones((2, 2)), "numeric"),
-        (None, GOOD, "`real` is None"),
+        (None, GOOD, r"The 'real' parameter of \w+ must be an array-like"),
+        (GOOD, "cells", r"The 'synthetic' parameter of \w+ must be an array-like"),
+        (np.ones((0, 4)), GOOD, r"`real` must have at least 2 cells \(rows\); got 0"),
+        (np.ones((5, 0)), np.ones((5, 0)), r"`real` must have at least one gene"),
     ],
 )
 @pytest.mark.parametrize(
@@ -316,12 +494,42 @@ def test_bad_input_raises_helpful_error(fn, real, synthetic, match):
         fn(real, synthetic)
 
 
+def test_anndata_is_refused_with_a_pointer_to_its_matrix():
+    ad = pytest.importorskip("anndata")
+    adata = ad.AnnData(np.ones((4, 3), dtype=np.float32))
+    with pytest.raises(ValueError, match=r"`real` is an AnnData; pass its matrix instead \(`adata.X`"):
+        zero_fraction_error(adata, np.ones((4, 3)))
+
+
+@pytest.mark.parametrize(
+    "fn, kwargs, parameter",
+    [
+        (c2st_auc, {"classifier": "svm"}, "classifier"),
+        (c2st_auc, {"classifier": object()}, "classifier"),
+        (c2st_auc, {"cv": 1}, "cv"),
+        (c2st_auc, {"max_cells": 1}, "max_cells"),
+        (c2st_auc, {"random_state": "seed"}, "random_state"),
+        (mmd_rbf, {"n_components": 0}, "n_components"),
+        (mmd_rbf, {"n_components": True}, "n_components"),
+        (mmd_rbf, {"n_components": 2.0}, "n_components"),
+        (mmd_rbf, {"bandwidths": 0.0}, "bandwidths"),
+        (energy_distance, {"reference": "cells"}, "reference"),
+        (knn_precision_recall, {"k": 0}, "k"),
+        (gene_mean_correlation, {"log": "yes"}, "log"),
+        (evaluate, {"counts": 1}, "counts"),
+        (evaluate, {"k": False}, "k"),
+        (normalize_log1p, {"target_sum": 0}, "target_sum"),
+    ],
+)
+def test_bad_parameters_get_scikit_learns_message(fn, kwargs, parameter):
+    x = np.random.default_rng(0).poisson(2.0, size=(20, 6))
+    args = (x,) if fn is normalize_log1p else (x, x)
+    with pytest.raises(InvalidParameterError, match=f"The '{parameter}' parameter of {fn.__name__}"):
+        fn(*args, **kwargs)
+
+
 def test_bad_options_raise_helpful_errors():
     x = np.random.default_rng(0).poisson(2.0, size=(20, 6))
-    with pytest.raises(ValueError, match="`classifier` must be None, one of"):
-        c2st_auc(x, x, classifier="svm")
-    with pytest.raises(ValueError, match="`n_components` must be an integer >= 1"):
-        mmd_rbf(x, x, n_components=0)
     with pytest.raises(ValueError, match="`bandwidths` must be a non-empty sequence"):
         mmd_rbf(x, x, bandwidths=[1.0, -1.0])
     with pytest.raises(ValueError, match=r"`k` \(25\) must be smaller than the number of real"):
@@ -338,6 +546,7 @@ def test_bad_options_raise_helpful_errors():
 
 def test_public_names():
     assert set(metrics.__all__) == {
+        "DegenerateInputWarning",
         "c2st_auc",
         "dcr_ratio",
         "distance_to_closest_record",
