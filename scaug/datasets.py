@@ -13,6 +13,7 @@ Every data set is returned as an :class:`~anndata.AnnData` with raw integer UMI 
 """
 
 import os
+import warnings
 from numbers import Integral, Real
 from pathlib import Path
 from typing import NamedTuple
@@ -21,11 +22,16 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
+from sklearn.utils._param_validation import StrOptions, validate_params
+
+from .preprocessing import _NumberInterval as Interval
 
 __all__ = ["DATASETS", "DatasetInfo", "available", "load", "pbmc68k_reduced", "simulate"]
 
 #: Name of the environment variable :func:`load` reads the data folder from.
 DATA_DIR_ENV = "SCAUG_DATA_DIR"
+# Column of ``obs`` holding the cell-type label in every data set.
+_LABEL_KEY = "cell_type"
 
 
 class DatasetInfo(NamedTuple):
@@ -181,6 +187,10 @@ def _resolve_data_dir(data_dir):
     return None, None
 
 
+@validate_params(
+    {"name": [StrOptions(set(DATASETS))], "data_dir": [str, os.PathLike, None]},
+    prefer_skip_nested_validation=True,
+)
 def load(name, data_dir=None):
     """Load a real single-cell data set by name.
 
@@ -203,10 +213,21 @@ def load(name, data_dir=None):
 
     Raises
     ------
-    ValueError
-        If `name` is not one of :func:`available`.
+    InvalidParameterError
+        If `name` is not one of :func:`available` or `data_dir` is not a path (scikit-learn's
+        ``InvalidParameterError``, a ``ValueError``).
     FileNotFoundError
-        If ``<name>.h5ad`` is not in the data folder, or no data folder was given.
+        If the data folder does not exist, ``<name>.h5ad`` is not in it, or no data folder was
+        given.
+    ValueError
+        If the file is not a readable ``.h5ad`` (corrupt, truncated or of another format), has
+        no matrix in ``X`` or no ``obs["cell_type"]`` column.
+
+    Warns
+    -----
+    UserWarning
+        If the file's shape differs from the one in :data:`DATASETS` (another version of the
+        data set).
 
     See Also
     --------
@@ -226,10 +247,6 @@ def load(name, data_dir=None):
     >>> adata.shape  # doctest: +SKIP
     (2730, 3451)
     """
-    if not isinstance(name, str) or name not in DATASETS:
-        raise ValueError(
-            f"Unknown data set name={name!r}. Expected one of: {', '.join(available())}."
-        )
     info = DATASETS[name]
     if info.filename is None:
         return pbmc68k_reduced()
@@ -244,45 +261,81 @@ def load(name, data_dir=None):
             f"Cannot find the file {info.filename!r} for data set {name!r}: no data folder was "
             f"given. {hint}"
         )
+    if not folder.is_dir():
+        raise FileNotFoundError(
+            f"Cannot find the data folder {str(folder)!r} (from {source}) for data set {name!r}: "
+            f"it does not exist or is not a folder. {hint}"
+        )
     path = folder / info.filename
     if not path.is_file():
         raise FileNotFoundError(
             f"Cannot find the file {info.filename!r} for data set {name!r} in {str(folder)!r} "
             f"(the folder from {source}). {hint}"
         )
+    return _read_dataset(path, name, info)
 
-    adata = ad.read_h5ad(path)
-    if not isinstance(adata.obs["cell_type"].dtype, pd.CategoricalDtype):
-        adata.obs["cell_type"] = adata.obs["cell_type"].astype("category")
+
+def _read_dataset(path, name, info):
+    """Read and check one data set file; errors name the file and what is wrong with it."""
+    fix = f"Replace {str(path)!r} with a good copy of the {name!r} data set."
+    try:
+        adata = ad.read_h5ad(path)
+    except MemoryError:
+        raise
+    except Exception as exc:  # h5py, anndata and pandas each raise their own types
+        raise ValueError(
+            f"Cannot read data set {name!r}: {str(path)!r} is not a readable .h5ad file "
+            f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'no message'}). "
+            f"{fix}"
+        ) from exc
+    if adata.X is None:
+        raise ValueError(f"Data set {name!r} in {str(path)!r} has no matrix in X. {fix}")
+    if _LABEL_KEY not in adata.obs:
+        columns = ", ".join(map(repr, adata.obs.columns)) or "none"
+        raise ValueError(
+            f"Data set {name!r} in {str(path)!r} has no obs[{_LABEL_KEY!r}] column with the cell "
+            f"types (its obs columns: {columns}). {fix}"
+        )
+    if adata.shape != info.shape:
+        warnings.warn(
+            f"Data set {name!r} in {str(path)!r} has shape {adata.shape}, not the "
+            f"{info.shape} scaug knows (another version of the data set?); figures in docs/ "
+            "were measured on the latter.",
+            UserWarning,
+            stacklevel=4,  # _read_dataset, load, its validate_params wrapper, the caller
+        )
+    if not isinstance(adata.obs[_LABEL_KEY].dtype, pd.CategoricalDtype):
+        adata.obs[_LABEL_KEY] = adata.obs[_LABEL_KEY].astype("category")
     return adata
 
 
-def _check_int(value, name, *, min_value):
-    if isinstance(value, bool) or not isinstance(value, Integral) or value < min_value:
-        raise ValueError(f"{name} must be an integer >= {min_value}; got {value!r}.")
-    return int(value)
-
-
-def _check_real(value, name, *, min_value, inclusive):
-    ok = isinstance(value, Real) and not isinstance(value, bool) and np.isfinite(value)
-    ok = ok and (value >= min_value if inclusive else value > min_value)
-    if not ok:
-        bound = ">=" if inclusive else ">"
-        raise ValueError(f"{name} must be a finite number {bound} {min_value}; got {value!r}.")
-    return float(value)
-
-
-def _check_generator(random_state):
+def _generator(random_state):
     if isinstance(random_state, np.random.RandomState):
         return np.random.default_rng(random_state.randint(np.iinfo(np.int32).max))
-    if random_state is None or isinstance(random_state, (Integral, np.random.Generator)):
-        return np.random.default_rng(random_state)
-    raise ValueError(
-        "random_state must be None, an int, a numpy.random.Generator or a "
-        f"numpy.random.RandomState; got {random_state!r}."
-    )
+    return np.random.default_rng(random_state)
 
 
+_COUNT = [Interval(Integral, 1, None, closed="left")]
+_POSITIVE = [Interval(Real, 0, None, closed="neither")]
+_NON_NEGATIVE = [Interval(Real, 0, None, closed="left")]
+
+
+@validate_params(
+    {
+        "n_cells": _COUNT,
+        "n_genes": _COUNT,
+        "n_types": _COUNT,
+        "rare_sizes": ["array-like"],
+        "n_markers": [Interval(Integral, 0, None, closed="left")],
+        "fold_change": _POSITIVE,
+        "gene_mean": _POSITIVE,
+        "gene_mean_sd": _NON_NEGATIVE,
+        "library_size_sd": _NON_NEGATIVE,
+        "dispersion": _POSITIVE,
+        "random_state": ["random_state", np.random.Generator],
+    },
+    prefer_skip_nested_validation=True,
+)
 def simulate(
     n_cells=1000,
     n_genes=200,
@@ -372,9 +425,12 @@ def simulate(
 
     Raises
     ------
+    InvalidParameterError
+        If an argument has the wrong type or is out of range (scikit-learn's
+        ``InvalidParameterError``, a ``ValueError``).
     ValueError
-        If an argument is out of range, the rare sizes leave fewer cells than common types, or
-        the marker blocks do not fit in `n_genes`.
+        If an entry of `rare_sizes` is not a positive integer, the rare sizes leave fewer cells
+        than common types, or the marker blocks do not fit in `n_genes`.
 
     See Also
     --------
@@ -389,20 +445,17 @@ def simulate(
     >>> adata.obs["cell_type"].value_counts().sort_index().tolist()
     [245, 245, 10]
     """
-    n_cells = _check_int(n_cells, "n_cells", min_value=1)
-    n_genes = _check_int(n_genes, "n_genes", min_value=1)
-    n_types = _check_int(n_types, "n_types", min_value=1)
-    n_markers = _check_int(n_markers, "n_markers", min_value=0)
-    if isinstance(rare_sizes, (str, bytes)) or not np.iterable(rare_sizes):
-        raise ValueError(f"rare_sizes must be a sequence of positive integers; got {rare_sizes!r}.")
-    rare_sizes = [
-        _check_int(size, f"rare_sizes[{i}]", min_value=1) for i, size in enumerate(rare_sizes)
-    ]
-    fold_change = _check_real(fold_change, "fold_change", min_value=0, inclusive=False)
-    gene_mean = _check_real(gene_mean, "gene_mean", min_value=0, inclusive=False)
-    gene_mean_sd = _check_real(gene_mean_sd, "gene_mean_sd", min_value=0, inclusive=True)
-    library_size_sd = _check_real(library_size_sd, "library_size_sd", min_value=0, inclusive=True)
-    dispersion = _check_real(dispersion, "dispersion", min_value=0, inclusive=False)
+    n_cells, n_genes, n_types, n_markers = int(n_cells), int(n_genes), int(n_types), int(n_markers)
+    rare_sizes = list(rare_sizes)
+    for i, size in enumerate(rare_sizes):
+        if isinstance(size, (bool, np.bool_)) or not isinstance(size, Integral) or size < 1:
+            raise ValueError(
+                f"rare_sizes[{i}] must be an integer >= 1 (a rare type's number of cells); got "
+                f"{size!r}."
+            )
+    rare_sizes = [int(size) for size in rare_sizes]
+    fold_change, gene_mean, dispersion = float(fold_change), float(gene_mean), float(dispersion)
+    gene_mean_sd, library_size_sd = float(gene_mean_sd), float(library_size_sd)
 
     n_common = n_types - len(rare_sizes)
     if n_common < 1:
@@ -422,7 +475,7 @@ def simulate(
             f"n_types * n_markers = {n_types} * {n_markers} = {n_types * n_markers} marker genes "
             f"do not fit in n_genes={n_genes}; increase n_genes or decrease n_markers."
         )
-    rng = _check_generator(random_state)
+    rng = _generator(random_state)
 
     common_sizes = np.full(n_common, n_left // n_common)
     common_sizes[: n_left % n_common] += 1

@@ -1,9 +1,11 @@
+import anndata as ad
 import numpy as np
 import pandas as pd
 import pytest
 import scanpy as sc
 import scipy.sparse as sp
 from numpy.testing import assert_allclose, assert_array_equal
+from sklearn.utils._param_validation import InvalidParameterError
 
 from scaug import datasets
 from scaug.datasets import DATASETS, available, load, pbmc68k_reduced, simulate
@@ -110,12 +112,65 @@ def test_load_without_folder(monkeypatch):
     assert "pbmc3k.h5ad" in message and "data_dir" in message and "SCAUG_DATA_DIR" in message
 
 
-@pytest.mark.parametrize("name", ["pbmc", "PBMC3K", None])
+@pytest.mark.parametrize("name", ["pbmc", "PBMC3K", None, 3])
 def test_load_unknown_name(name):
-    with pytest.raises(ValueError, match="Unknown data set") as excinfo:
+    with pytest.raises(InvalidParameterError, match="The 'name' parameter of load") as excinfo:
         load(name)
     for valid in available():
         assert valid in str(excinfo.value)
+
+
+def test_load_bad_data_dir_type():
+    with pytest.raises(InvalidParameterError, match="The 'data_dir' parameter of load"):
+        load("cbmc", data_dir=3)
+
+
+@pytest.mark.parametrize("kind", ["missing", "a file"])
+def test_load_data_dir_that_is_not_a_folder(tmp_path, kind):
+    folder = tmp_path / "nowhere"
+    if kind == "a file":
+        folder.write_text("not a folder")
+    with pytest.raises(FileNotFoundError, match="Cannot find the data folder .*nowhere.* data_dir"):
+        load("cbmc", data_dir=folder)
+
+
+def _write_h5ad(path, obs=None, n_cells=3):
+    adata = ad.AnnData(X=sp.csr_matrix(np.ones((n_cells, 2), dtype=np.float32)))
+    for key, values in (obs or {}).items():
+        adata.obs[key] = values
+    adata.write_h5ad(path)
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"", b"not an hdf5 file" * 64, "truncated"],
+    ids=["empty", "garbage", "truncated"],
+)
+def test_load_corrupt_file(tmp_path, content):
+    path = tmp_path / "paul15.h5ad"
+    if content == "truncated":
+        _write_h5ad(tmp_path / "whole.h5ad", {"cell_type": ["a", "b", "a"]}, n_cells=3)
+        whole = (tmp_path / "whole.h5ad").read_bytes()
+        content = whole[: len(whole) // 2]
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match="'paul15'.*paul15.h5ad' is not a readable .h5ad file") as exc:
+        load("paul15", data_dir=tmp_path)
+    assert "OSError" in str(exc.value) or "Error" in str(exc.value)  # names the reader's error
+    assert exc.value.__cause__ is not None  # and keeps it for debugging
+
+
+def test_load_without_label_column(tmp_path):
+    _write_h5ad(tmp_path / "bladder.h5ad", {"louvain": ["0", "1", "0"]})
+    with pytest.raises(ValueError, match=r"has no obs\['cell_type'\] column .*'louvain'"):
+        load("bladder", data_dir=tmp_path)
+
+
+def test_load_other_version_warns_and_makes_labels_categorical(tmp_path):
+    _write_h5ad(tmp_path / "cbmc.h5ad", {"cell_type": ["a", "b", "a"]})
+    with pytest.warns(UserWarning, match=r"has shape \(3, 2\), not the \(7839, 2000\)") as record:
+        adata = load("cbmc", data_dir=tmp_path)
+    assert record[0].filename == __file__
+    assert isinstance(adata.obs["cell_type"].dtype, pd.CategoricalDtype)
 
 
 def test_simulate_defaults():
@@ -178,25 +233,44 @@ def test_simulate_types_are_distinct_and_libraries_vary():
 
 
 @pytest.mark.parametrize(
+    "kwargs, parameter",
+    [
+        ({"n_cells": 0}, "n_cells"),
+        ({"n_genes": 2.5}, "n_genes"),
+        ({"n_types": True}, "n_types"),
+        ({"rare_sizes": 5}, "rare_sizes"),
+        ({"fold_change": 0}, "fold_change"),
+        ({"gene_mean": float("inf")}, "gene_mean"),
+        ({"library_size_sd": -1}, "library_size_sd"),
+        ({"dispersion": float("nan")}, "dispersion"),
+        ({"random_state": "seed"}, "random_state"),
+    ],
+)
+def test_simulate_bad_parameters(kwargs, parameter):
+    with pytest.raises(InvalidParameterError, match=f"The '{parameter}' parameter of simulate"):
+        simulate(**kwargs)
+
+
+@pytest.mark.parametrize(
     "kwargs, match",
     [
-        ({"n_cells": 0}, "n_cells must be an integer >= 1"),
-        ({"n_genes": 2.5}, "n_genes must be an integer"),
-        ({"n_types": True}, "n_types must be an integer"),
         ({"rare_sizes": (0,)}, r"rare_sizes\[0\] must be an integer >= 1"),
-        ({"rare_sizes": 5}, "rare_sizes must be a sequence"),
+        ({"rare_sizes": (3, True)}, r"rare_sizes\[1\] must be an integer >= 1"),
         ({"n_types": 2, "rare_sizes": (5, 5)}, "at least one common type"),
         ({"n_cells": 30, "rare_sizes": (28,)}, "each common type needs at least one cell"),
         ({"n_genes": 30, "n_markers": 10}, "do not fit in n_genes=30"),
-        ({"fold_change": 0}, "fold_change must be a finite number > 0"),
-        ({"library_size_sd": -1}, "library_size_sd must be a finite number >= 0"),
-        ({"dispersion": float("nan")}, "dispersion must be a finite number"),
-        ({"random_state": "seed"}, "random_state must be"),
     ],
 )
-def test_simulate_bad_arguments(kwargs, match):
+def test_simulate_inconsistent_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         simulate(**kwargs)
+
+
+def test_simulate_accepts_numpy_scalars_and_random_states():
+    a = simulate(n_cells=np.int64(60), n_genes=40, rare_sizes=np.array([5]), random_state=3)
+    b = simulate(n_cells=60, n_genes=40, rare_sizes=[5], random_state=np.random.RandomState(3))
+    assert a.shape == b.shape == (60, 40)
+    assert a.obs["cell_type"].value_counts()["type_3"] == 5
 
 
 def test_module_exports():
