@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 
 from . import _utils, sampling
 from .autoencoder import CellAutoencoder
-from .diffusion import GaussianDiffusion
+from .diffusion import SAMPLERS, GaussianDiffusion
 from .nn import Denoiser, LatentClassifier
 from .train import BalancedDraws, ClassifierPlan, DenoiserPlan, MinibatchData, fit_plan
 
@@ -111,7 +111,9 @@ class SCLD(BaseEstimator):
     max_rounds : int, default=10
     n_sample_steps : int, default=50
         Steps of the sampler.
-    sampler : {"ddim", "ancestral"}, default="ddim"
+    sampler : {"ddim", "ancestral", "dpm-solver++"}, default="ddim"
+        DDIM (deterministic), the stochastic DDPM sampler, or DPM-Solver++(2M), a second-order
+        solver that needs fewer steps (``docs/sampling_speed.md`` compares them).
     trainer_kwargs : dict or None, default=None
         Extra arguments of the Lightning ``Trainer`` for every training stage, to scale out:
         ``{"devices": 4, "strategy": "ddp", "num_nodes": 2}``. An autoencoder trained inside
@@ -183,7 +185,7 @@ class SCLD(BaseEstimator):
         "screening_tolerance": [Interval(Real, 0, None, closed="neither")],
         "max_rounds": [_utils.PositiveInt()],
         "n_sample_steps": [_utils.PositiveInt()],
-        "sampler": [StrOptions({"ddim", "ancestral"})],
+        "sampler": [StrOptions(set(SAMPLERS))],
         "trainer_kwargs": [dict, None],
         "device": [str, torch.device],
         "random_state": ["random_state"],

@@ -312,6 +312,11 @@ class SCLDOverSampler(BaseOverSampler):
         if unlabelled.any():  # not a class: the sampling strategy counts the labelled cells only
             self.sampling_strategy_ = check_sampling_strategy(
                 self.sampling_strategy, y[~unlabelled], self._sampling_type)
+        fractional = {c: n for c, n in self.sampling_strategy_.items()
+                      if not float(n).is_integer()}
+        if fractional:  # a dict (or callable) asked for part of a cell: say so, never truncate
+            raise ValueError(f"sampling_strategy asks for a number of cells that is not whole "
+                             f"({fractional} to generate); give whole numbers of cells per class.")
         rng = check_random_state(self.random_state)
         fit_seed, sample_seed = (int(s) for s in rng.randint(0, 2**31 - 1, size=2))
         request = {c: int(n) for c, n in self.sampling_strategy_.items() if n > 0}
