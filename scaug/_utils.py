@@ -409,3 +409,23 @@ def validate_against(estimator, values: dict) -> None:
 
     constraints = {k: estimator._parameter_constraints[k] for k in values}
     validate_parameter_constraints(constraints, values, caller_name=type(estimator).__name__)
+
+
+def with_cpu_threads(method):
+    """Run an estimator method on ``self.cpu_threads`` torch CPU threads, then restore the
+    caller's setting (whatever happens inside)."""
+    import functools
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        wanted = getattr(self, "cpu_threads", None)
+        if wanted is None:
+            return method(self, *args, **kwargs)
+        previous = torch.get_num_threads()
+        torch.set_num_threads(int(wanted))
+        try:
+            return method(self, *args, **kwargs)
+        finally:
+            torch.set_num_threads(previous)
+
+    return wrapper

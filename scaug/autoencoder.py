@@ -77,6 +77,11 @@ class CellAutoencoder(TransformerMixin, BaseEstimator):
         Extra arguments of the Lightning ``Trainer``, to scale training out, for example
         ``{"devices": 4, "strategy": "ddp", "num_nodes": 2}`` (see the user guide's atlas-scale
         section). scaug sets the number of epochs, the progress bar and logging itself.
+    cpu_threads : int or None, default=1
+        torch CPU threads while fitting and sampling; the caller's setting is restored after.
+        SCLD's networks are small: a second thread gains little alone and costs a lot on a
+        shared machine, where two busy processes fight over the cores
+        (``docs/contention.md``). ``None`` keeps torch's own setting.
     device : {"auto", "cpu", "cuda", "cuda:N"} or torch.device, default="auto"
     random_state : int, RandomState instance or None, default=None
     verbose : bool, default=True
@@ -115,6 +120,7 @@ class CellAutoencoder(TransformerMixin, BaseEstimator):
         "latent_noise": [Interval(Real, 0, None, closed="left")],
         "class_balance": [Interval(Real, 0, 1, closed="both")],
         "trainer_kwargs": [dict, None],
+        "cpu_threads": [_utils.PositiveInt(), None],
         "device": [str, torch.device],
         "random_state": ["random_state"],
         "verbose": ["boolean"],
@@ -122,7 +128,7 @@ class CellAutoencoder(TransformerMixin, BaseEstimator):
 
     def __init__(self, *, n_latent=16, hidden=(256, 128), likelihood="auto", dispersion="gene",
                  max_epochs=None, batch_size=128, learning_rate=1e-3, latent_noise=0.1,
-                 class_balance=0.5, trainer_kwargs=None, device="auto", random_state=None,
+                 class_balance=0.5, trainer_kwargs=None, cpu_threads=1, device="auto", random_state=None,
                  verbose=True):
         self.n_latent = n_latent
         self.hidden = hidden
@@ -134,6 +140,7 @@ class CellAutoencoder(TransformerMixin, BaseEstimator):
         self.latent_noise = latent_noise
         self.class_balance = class_balance
         self.trainer_kwargs = trainer_kwargs
+        self.cpu_threads = cpu_threads
         self.device = device
         self.random_state = random_state
         self.verbose = verbose
@@ -144,6 +151,7 @@ class CellAutoencoder(TransformerMixin, BaseEstimator):
 
     # -- fit / transform -----------------------------------------------------------------------
     @_fit_context(prefer_skip_nested_validation=True)
+    @_utils.with_cpu_threads
     def fit(self, X, y=None, *, feature_names=None):
         """Train on cells ``X`` (cells x genes, dense or sparse).
 
@@ -253,7 +261,8 @@ class CellAutoencoder(TransformerMixin, BaseEstimator):
         check_is_fitted(self, "module_")
         names = getattr(self, "feature_names_in_", None)
         return {
-            "params": _utils.plain_params(self, exclude=("device", "random_state", "trainer_kwargs")),
+            "params": _utils.plain_params(self, exclude=("device", "random_state", "trainer_kwargs",
+                                                         "cpu_threads")),
             "likelihood": self.likelihood_,
             "nonnegative": bool(self.nonnegative_),
             "n_features_in": int(self.n_features_in_),

@@ -118,6 +118,11 @@ class SCLD(BaseEstimator):
         Extra arguments of the Lightning ``Trainer`` for every training stage, to scale out:
         ``{"devices": 4, "strategy": "ddp", "num_nodes": 2}``. An autoencoder trained inside
         :meth:`fit` gets them too.
+    cpu_threads : int or None, default=1
+        torch CPU threads while fitting and sampling; the caller's setting is restored after.
+        SCLD's networks are small: a second thread gains little alone and costs a lot on a
+        shared machine, where two busy processes fight over the cores
+        (``docs/contention.md``). ``None`` keeps torch's own setting.
     device : {"auto", "cpu", "cuda", "cuda:N"} or torch.device, default="auto"
     random_state : int, RandomState instance or None, default=None
         Seeds everything (numpy and torch); the same seed and data give the same cells on CPU.
@@ -187,6 +192,7 @@ class SCLD(BaseEstimator):
         "n_sample_steps": [_utils.PositiveInt()],
         "sampler": [StrOptions(set(SAMPLERS))],
         "trainer_kwargs": [dict, None],
+        "cpu_threads": [_utils.PositiveInt(), None],
         "device": [str, torch.device],
         "random_state": ["random_state"],
         "verbose": ["boolean"],
@@ -197,7 +203,8 @@ class SCLD(BaseEstimator):
                  label_dropout=0.15, latent_smoothing=4.0, guidance_scale=1.0, classifier_scale=0.0,
                  screening=False, screening_threshold=0.5, screening_quantile=0.9,
                  screening_tolerance=1.0, max_rounds=10, n_sample_steps=50, sampler="ddim",
-                 trainer_kwargs=None, device="auto", random_state=None, verbose=True):
+                 trainer_kwargs=None, cpu_threads=1, device="auto", random_state=None,
+                 verbose=True):
         self.autoencoder = autoencoder
         self.n_latent = n_latent
         self.ae_hidden = ae_hidden
@@ -219,6 +226,7 @@ class SCLD(BaseEstimator):
         self.n_sample_steps = n_sample_steps
         self.sampler = sampler
         self.trainer_kwargs = trainer_kwargs
+        self.cpu_threads = cpu_threads
         self.device = device
         self.random_state = random_state
         self.verbose = verbose
@@ -251,13 +259,17 @@ class SCLD(BaseEstimator):
             if self.max_epochs is not None:
                 epochs = self.max_epochs if epochs is None else min(epochs, self.max_epochs)
             return ae.set_params(max_epochs=epochs, device=device, random_state=seed,
-                                 verbose=self.verbose, trainer_kwargs=self.trainer_kwargs)
+                                 verbose=self.verbose, trainer_kwargs=self.trainer_kwargs,
+                                 cpu_threads=None)
+        # cpu_threads=None: this model's setting is already in force
         return CellAutoencoder(n_latent=int(self.n_latent), hidden=tuple(self.ae_hidden),
                                max_epochs=self.max_epochs, device=device, random_state=seed,
-                               verbose=self.verbose, trainer_kwargs=self.trainer_kwargs)
+                               verbose=self.verbose, trainer_kwargs=self.trainer_kwargs,
+                               cpu_threads=None)
 
     # -- fit -----------------------------------------------------------------------------------
     @_fit_context(prefer_skip_nested_validation=True)
+    @_utils.with_cpu_threads
     def fit(self, X, y=None, *, feature_names=None):
         """Fit the autoencoder (unless given) and the latent diffusion model.
 
@@ -385,6 +397,7 @@ class SCLD(BaseEstimator):
         return self
 
     # -- sampling ------------------------------------------------------------------------------
+    @_utils.with_cpu_threads
     def sample(self, n, *, random_state=None, guidance_scale=None, classifier_scale=None,
                screening=None, screening_threshold=None, n_sample_steps=None, sampler=None,
                batch_size=4096, max_cells=1_000_000):
@@ -503,7 +516,7 @@ class SCLD(BaseEstimator):
         check_is_fitted(self, "denoiser_")
         names = getattr(self, "feature_names_in_", None)
         params = _utils.plain_params(self, exclude=("autoencoder", "device", "random_state",
-                                                    "trainer_kwargs"))
+                                                    "trainer_kwargs", "cpu_threads"))
 
         def weights(module):
             return None if module is None else {k: v.detach().cpu() for k, v in module.state_dict().items()}

@@ -226,3 +226,27 @@ def test_autoencoder_nan_latent_noise_and_class_balance_are_refused(data):
     for param, value in (("latent_noise", float("nan")), ("class_balance", 2.0)):
         with pytest.raises(ValueError, match=param):
             CellAutoencoder(**{param: value}).fit(X)
+
+
+def test_cpu_threads_are_set_while_fitting_and_restored(data, monkeypatch):
+    X, y = data
+    seen = []
+    original = plans.DenoiserPlan.training_step
+
+    def spy(self, batch, batch_idx):
+        seen.append(torch.get_num_threads())
+        return original(self, batch, batch_idx)
+
+    monkeypatch.setattr(plans.DenoiserPlan, "training_step", spy)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        model = SCLD(random_state=0, cpu_threads=1, **TINY).fit(X, y)
+        assert set(seen) == {1} and torch.get_num_threads() == 2
+        model.sample({y[0]: 2})
+        assert torch.get_num_threads() == 2
+        seen.clear()
+        SCLD(random_state=0, cpu_threads=None, **TINY).fit(X, y)
+        assert set(seen) == {2}
+    finally:
+        torch.set_num_threads(before)
