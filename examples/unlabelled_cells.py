@@ -1,4 +1,6 @@
-"""Let SCLD learn from cells that have no label: mark them -1 (semi-supervised).
+"""
+Cells without labels: mark them -1 (semi-supervised)
+====================================================
 
 Often most cells of a data set are not annotated, or a rare type has only a handful of annotated
 cells among many that nobody labelled. Cells labelled ``-1`` (scikit-learn's convention) train the
@@ -9,10 +11,17 @@ of the type (``docs/fidelity_10shot.md``).
 Run as is: ``python examples/unlabelled_cells.py`` (about a minute on a 2-core laptop CPU).
 """
 
+import os
+
 import numpy as np
 
 from scaug import SCLD
 from scaug.datasets import pbmc68k_reduced
+
+# the test suite sets SCAUG_EXAMPLES_QUICK=1: tiny models, meaningless cells
+QUICK = os.environ.get("SCAUG_EXAMPLES_QUICK") == "1"
+TINY = dict(n_latent=4, ae_hidden=(16,), width=16, depth=1, diffusion_steps=10, max_epochs=1,
+            n_sample_steps=3)
 
 adata = pbmc68k_reduced()
 X, y = adata.X, adata.obs["cell_type"].to_numpy().astype(object)
@@ -24,7 +33,7 @@ keep = np.concatenate([rng.choice(np.flatnonzero(y == t), size=min(10, (y == t).
 y_partial = np.full(len(y), -1, dtype=object)
 y_partial[keep] = y[keep]
 
-model = SCLD(random_state=0, verbose=False).fit(X, y_partial)
+model = SCLD(random_state=0, verbose=False, **(TINY if QUICK else {})).fit(X, y_partial)
 print(f"fitted on {X.shape[0]} cells: {model.n_unlabelled_} unlabelled, "
       f"{int(model.class_counts_.sum())} labelled in {len(model.classes_)} types")
 
