@@ -20,6 +20,7 @@ except PackageNotFoundError:  # running from a source tree that was not installe
 _LAZY = {
     "SCLD": ("model", "SCLD"),
     "CellAutoencoder": ("autoencoder", "CellAutoencoder"),
+    "OnDiskCells": ("train.disk", "OnDiskCells"),
     "SCLDOverSampler": ("oversampler", "SCLDOverSampler"),
     "datasets": ("datasets", None),
     "preprocessing": ("preprocessing", None),
@@ -28,14 +29,15 @@ _LAZY = {
     "pl": ("pl", None),
 }
 
-__all__ = ["SCLD", "SCLDOverSampler", "CellAutoencoder", "datasets", "preprocessing", "metrics",
-           "tl", "pl", "__version__"]
+__all__ = ["SCLD", "SCLDOverSampler", "CellAutoencoder", "OnDiskCells", "datasets", "preprocessing",
+           "metrics", "tl", "pl", "__version__"]
 
 if TYPE_CHECKING:  # static tools see the eager imports
     from . import datasets, metrics, pl, preprocessing, tl
     from .autoencoder import CellAutoencoder
     from .model import SCLD
     from .oversampler import SCLDOverSampler
+    from .train.disk import OnDiskCells
 
 
 def __getattr__(name: str):

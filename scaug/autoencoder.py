@@ -15,7 +15,7 @@ from sklearn.utils.validation import check_is_fitted
 from . import _utils
 from .nn import AutoencoderModule
 from .nn.autoencoder import TARGET_SUM  # noqa: F401  (re-exported: the encoder's input scale)
-from .train import AutoencoderPlan, BalancedDraws, MinibatchData, fit_plan
+from .train import AutoencoderPlan, BalancedDraws, MinibatchData, OnDiskCells, fit_plan, process_rank
 
 
 def _gene_moments(X):
@@ -161,11 +161,14 @@ class CellAutoencoder(TransformerMixin, BaseEstimator):
 
         Parameters
         ----------
-        X : array-like, sparse matrix or DataFrame of shape (n_cells, n_genes)
+        X : array-like, sparse matrix, DataFrame of shape (n_cells, n_genes), or OnDiskCells
             Integer counts or continuous expression. Sparse input is densified one minibatch at
-            a time, never whole.
+            a time, never whole. :class:`scaug.OnDiskCells` streams the cells from AnnData files
+            (the likelihood is decided on a sample of its chunks, gene names are its
+            ``var_names``).
         y : array-like of shape (n_cells,), optional
-            Cell types, used only to balance the minibatches.
+            Cell types, used only to balance the minibatches (for an ``OnDiskCells``, pass
+            ``y=cells.labels`` to balance by its ``labels_key``).
         feature_names : array-like of str, optional
             Gene names for input without column names (an AnnData's ``var_names``); a
             DataFrame's columns are used otherwise.
@@ -177,17 +180,23 @@ class CellAutoencoder(TransformerMixin, BaseEstimator):
         """
         device = _utils.resolve_device(self.device)
         _utils.check_trainer_kwargs(self.trainer_kwargs)
-        names = _utils.resolve_feature_names(X, feature_names)
-        X = _utils.check_matrix(X, min_rows=2)
-        likelihood = _utils.decide_likelihood(X, self.likelihood)
+        on_disk = isinstance(X, OnDiskCells)
+        names = _utils.resolve_feature_names(X.signature() if on_disk else X, feature_names)
+        if not on_disk:
+            X = _utils.check_matrix(X, min_rows=2)
+        likelihood = _utils.decide_likelihood(X.sample() if on_disk else X, self.likelihood)
         codes = None
         if y is not None:
             codes = np.unique(_utils.check_labels(y, X.shape[0]).astype(str),
                               return_inverse=True)[1]
         seed = _utils.seed_from(self.random_state)
         n_epochs = self.max_epochs or _default_epochs(X.shape[0], self.batch_size)
-        data = MinibatchData([X], batch_size=int(self.batch_size), seed=seed,
-                             draw=None if codes is None else BalancedDraws(codes, self.class_balance))
+        if on_disk:
+            data = X.minibatches(batch_size=int(self.batch_size), seed=seed, codes=codes,
+                                 class_balance=self.class_balance)
+        else:
+            data = MinibatchData([X], batch_size=int(self.batch_size), seed=seed,
+                                 draw=None if codes is None else BalancedDraws(codes, self.class_balance))
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), \
                 _utils.flush_denormal():
             torch.manual_seed(seed)
@@ -195,7 +204,7 @@ class CellAutoencoder(TransformerMixin, BaseEstimator):
                                        likelihood, self.dispersion)
             nonnegative = True
             if likelihood == "gaussian":
-                mean, scale, nonnegative = _gene_moments(X)
+                mean, scale, nonnegative = X.gene_moments() if on_disk else _gene_moments(X)
                 module.gene_mean.copy_(torch.from_numpy(mean))
                 module.gene_scale.copy_(torch.from_numpy(scale))
             plan = AutoencoderPlan(module, latent_noise=self.latent_noise,
@@ -227,6 +236,9 @@ class CellAutoencoder(TransformerMixin, BaseEstimator):
     def transform(self, X, batch_size: int = 4096) -> np.ndarray:
         """Latent representation of the cells ``X``, computed batch by batch."""
         check_is_fitted(self, "module_")
+        if isinstance(X, OnDiskCells):  # one sequential pass over the files
+            self.check_genes(X.signature())
+            return X.encode(self, batch_size)[0]
         self.check_genes(X)
         return self._latents(_utils.check_matrix(X), batch_size)
 
@@ -291,7 +303,13 @@ class CellAutoencoder(TransformerMixin, BaseEstimator):
 
     def save(self, path, overwrite: bool = False) -> None:
         """Write the fitted autoencoder to one file (atomically): weights, genes, settings and
-        provenance, no per-cell data."""
+        provenance, no per-cell data.
+
+        In a distributed run (DDP), only the process of rank 0 writes: the model is the same on
+        every process, and the others return at once (without waiting for the file).
+        """
+        if process_rank()[0] != 0:
+            return
         state = self._state()
         state.update(_utils.provenance(n_obs=None, n_features=self.n_features_in_))
         state.update(format_version=_utils.FORMAT_VERSION, **{"class": "CellAutoencoder"})

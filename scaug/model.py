@@ -18,7 +18,15 @@ from . import _utils, sampling
 from .autoencoder import CellAutoencoder
 from .diffusion import SAMPLERS, GaussianDiffusion
 from .nn import Denoiser, LatentClassifier
-from .train import BalancedDraws, ClassifierPlan, DenoiserPlan, MinibatchData, fit_plan
+from .train import (
+    BalancedDraws,
+    ClassifierPlan,
+    DenoiserPlan,
+    MinibatchData,
+    OnDiskCells,
+    fit_plan,
+    process_rank,
+)
 
 
 def _smoothed_bootstrap(Z: np.ndarray, codes: np.ndarray, strength: float):
@@ -275,11 +283,15 @@ class SCLD(BaseEstimator):
 
         Parameters
         ----------
-        X : array-like, sparse matrix or DataFrame of shape (n_cells, n_genes)
+        X : array-like, sparse matrix, DataFrame of shape (n_cells, n_genes), or OnDiskCells
             Integer counts (preferred) or continuous expression. Sparse input is densified one
             minibatch at a time, never whole. For an AnnData use :func:`scaug.tl.fit`.
+            :class:`scaug.OnDiskCells` streams the cells from AnnData files on disk: the
+            autoencoder trains from disk, one sequential pass encodes the cells, and the latent
+            stages train in memory on the latents.
         y : array-like of shape (n_cells,), optional
-            Cell-type labels (any hashable values). Without labels only holistic synthesis is
+            Cell-type labels (any hashable values); for an ``OnDiskCells`` without ``y``, its
+            ``labels`` (``labels_key``). Without labels only holistic synthesis is
             possible. Cells labelled ``-1`` are unlabelled (scikit-learn's semi-supervised
             convention; for string labels use ``np.where(annotated, labels.astype(object), -1)``,
             as the string ``"-1"`` is refused as ambiguous): they train the autoencoder and the
@@ -299,8 +311,12 @@ class SCLD(BaseEstimator):
         """
         device = _utils.resolve_device(self.device)
         _utils.check_trainer_kwargs(self.trainer_kwargs)
-        names = _utils.resolve_feature_names(X, feature_names)
-        X = _utils.check_matrix(X, min_rows=2)
+        on_disk = isinstance(X, OnDiskCells)
+        names = _utils.resolve_feature_names(X.signature() if on_disk else X, feature_names)
+        if on_disk:
+            y = X.labels if y is None else y
+        else:
+            X = _utils.check_matrix(X, min_rows=2)
         unlabelled = np.zeros(X.shape[0], dtype=bool)
         if y is not None:
             y = _utils.check_labels(y, X.shape[0])
@@ -312,15 +328,16 @@ class SCLD(BaseEstimator):
         ae = self._pretrained_autoencoder(device)
         if ae is not None:
             ae.check_genes(_utils.GeneSignature(X.shape, names))
-            if ae.likelihood_ == "nb" and not _utils.is_count_matrix(X):
+            if ae.likelihood_ == "nb" and not _utils.is_count_matrix(X.sample() if on_disk else X):
                 raise ValueError("The given autoencoder models counts, but X is not integer counts.")
         else:
-            _utils.decide_likelihood(X, "auto")  # refuse almost-counts before any training
+            # refuse almost-counts before any training (from a sample of the chunks, on disk)
+            _utils.decide_likelihood(X.sample() if on_disk else X, "auto")
 
         seed = _utils.seed_from(self.random_state)
         if ae is None:
             ae = self._new_autoencoder(device, seed).fit(X, feature_names=names)
-        Z = ae._latents(X)
+        Z, library = X.encode(ae) if on_disk else (ae._latents(X), _utils.row_sums(X))
         if y is None:
             classes = None
             codes = np.zeros(X.shape[0], dtype=np.int64)
@@ -337,7 +354,7 @@ class SCLD(BaseEstimator):
         labelled = ~unlabelled
         summaries = sampling.TypeSummaries.fit(
             Zs[labelled], codes[labelled], n_classes,
-            library=_utils.row_sums(X)[labelled] if counts else None,
+            library=library[labelled] if counts else None,
             quantile=float(self.screening_quantile))
 
         n_steps = self.diffusion_steps or _default_steps(X.shape[0], 3000)
@@ -380,7 +397,7 @@ class SCLD(BaseEstimator):
         if names is not None:
             self.feature_names_in_ = names
         self.input_dtype_ = str(X.dtype)
-        self.sparse_input_ = sp.issparse(X)
+        self.sparse_input_ = X.sparse if on_disk else sp.issparse(X)
         self.n_train_ = int(X.shape[0])
         self.classes_ = classes
         self.class_counts_ = np.bincount(codes[labelled], minlength=n_classes)
@@ -512,8 +529,13 @@ class SCLD(BaseEstimator):
         The file holds the weights (autoencoder included), gene names, settings, per-type
         summaries and provenance (scaug version, data shape, date); no per-cell data, so its size
         does not grow with the number of training cells.
+
+        In a distributed run (DDP), only the process of rank 0 writes: the model is the same on
+        every process, and the others return at once (without waiting for the file).
         """
         check_is_fitted(self, "denoiser_")
+        if process_rank()[0] != 0:
+            return
         names = getattr(self, "feature_names_in_", None)
         params = _utils.plain_params(self, exclude=("autoencoder", "device", "random_state",
                                                     "trainer_kwargs", "cpu_threads"))

@@ -5,9 +5,10 @@ The user-facing :class:`scaug.SCLD` and :class:`scaug.CellAutoencoder` build the
 """
 
 from .data import BalancedDraws, MinibatchData, balanced_indices, process_rank
+from .disk import OnDiskCells
 from .plans import AutoencoderPlan, ClassifierPlan, DenoiserPlan
 from .trainer import RESERVED_TRAINER_KWARGS, fit_plan, trainer_options
 
 __all__ = ["AutoencoderPlan", "BalancedDraws", "ClassifierPlan", "DenoiserPlan", "MinibatchData",
-           "RESERVED_TRAINER_KWARGS", "balanced_indices", "fit_plan", "process_rank",
-           "trainer_options"]
+           "OnDiskCells", "RESERVED_TRAINER_KWARGS", "balanced_indices", "fit_plan",
+           "process_rank", "trainer_options"]
