@@ -1290,7 +1290,9 @@ def evaluate(real, synthetic, *, counts=True, train=None, n_components=30, k=5, 
     dict of str to float
         Keys ``c2st_auc``, ``mmd_rbf``, ``energy_distance``, ``precision``, ``recall``,
         ``gene_mean_corr``, ``gene_var_corr``, ``zero_fraction_error``, then
-        ``library_size_distance`` (``counts=True``) and ``dcr_ratio`` (``train`` given).
+        ``library_size_distance`` (``counts=True``) and ``dcr_ratio`` (``train`` given). A
+        score that is undefined on the input (see the metric) is NaN with a warning; in
+        particular ``dcr_ratio`` is NaN when the cells of ``train`` are all identical.
 
     Examples
     --------
@@ -1359,7 +1361,13 @@ def _evaluate(real, synthetic, train, counts, n_components, k, random_state):
     }
     if counts:
         scores["library_size_distance"] = library_size_distance(real, synthetic)
-    if train is not None:
+    if train is not None and _all_rows_equal(log_train):
+        _warn(
+            f"All {train.shape[0]} cells of `train` are identical, so distances to the closest "
+            "training cell have no PCA to be measured in; dcr_ratio is NaN."
+        )
+        scores["dcr_ratio"] = float("nan")
+    elif train is not None:
         scores["dcr_ratio"] = dcr_ratio(
             log_train, log_syn, log_real, n_components=n_components, random_state=seeds[4]
         )
