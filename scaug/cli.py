@@ -185,6 +185,12 @@ def main(argv=None) -> int:
 
     Returns the exit status: 0 on success, 2 on a user mistake (one line on stderr; argparse
     exits with status 2 on bad options itself), 130 when interrupted.
+
+    Examples
+    --------
+    >>> from scaug.cli import main
+    >>> main(["info", "no-such-model.scld"])  # stderr: scaug info: error: no such file: ...
+    2
     """
     args = _parser().parse_args(argv)
     try:

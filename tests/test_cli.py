@@ -132,7 +132,10 @@ def test_sample_and_info_in_subprocesses(files):
 
     done = _run("info", files / "m.scld")
     assert done.returncode == 0, done.stderr
-    assert "format version 1" in done.stdout and "20: gene_0, gene_1" in done.stdout
+    from scaug._utils import FORMAT_VERSION
+
+    assert f"format version {FORMAT_VERSION}" in done.stdout
+    assert "20: gene_0, gene_1" in done.stdout
     assert re.search(r"type_2\s+10", done.stdout) and re.search(r"type_0\s+55", done.stdout)
     assert "n_latent = 4" in done.stdout
 
