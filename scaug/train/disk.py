@@ -97,9 +97,9 @@ class OnDiskCells:
 
     Examples
     --------
-    >>> from scaug import CellAutoencoder, OnDiskCells                      # doctest: +SKIP
-    >>> cells = OnDiskCells(["atlas_part1.h5ad", "atlas_part2.zarr"], labels_key="cell_type")
-    >>> ae = CellAutoencoder(max_epochs=5).fit(cells)                        # doctest: +SKIP
+    >>> from scaug import SCLD, OnDiskCells
+    >>> cells = OnDiskCells(["part1.h5ad", "part2.zarr"], labels_key="cell_type")  # doctest: +SKIP
+    >>> model = SCLD(max_epochs=5).fit(cells)                    # doctest: +SKIP
     """
 
     def __init__(self, paths, *, layer: str | None = None, labels_key: str | None = None,
