@@ -110,17 +110,24 @@ class AutoencoderModule(nn.Module):
                           generator: torch.Generator | None = None) -> torch.Tensor:
         """Draw expression from the likelihood given latents (noise comes from ``generator``).
 
-        For NB the draw is Gamma-Poisson, made by numpy on the CPU from a seed taken from
-        ``generator``: the same cells on CPU and GPU, and numpy's Gamma and Poisson draws cost
-        half of torch's on a CPU thread.
+        For NB the draw is Gamma-Poisson. On the CPU numpy makes it, from a seed taken from
+        ``generator`` (numpy's Gamma and Poisson draws cost half of torch's on a CPU thread); on
+        a GPU torch makes it there, from a GPU generator seeded the same way, so counts never
+        travel to the CPU to be drawn (same seed, same device: same cells).
         """
         out, log_scale = self._decode_with_scale(z)
         seed = int(torch.randint(0, 2**62, (1,), generator=generator))
-        rng = np.random.default_rng(seed)
         if self.likelihood == "nb":
-            mu = (library[:, None] * F.softmax(out, dim=-1)).cpu().numpy()
-            theta = torch.exp(log_scale).expand(out.shape).cpu().numpy()
+            mu = library[:, None] * F.softmax(out, dim=-1)
+            theta = torch.exp(log_scale).expand(out.shape)
+            if mu.device.type != "cpu":
+                gen = torch.Generator(device=mu.device).manual_seed(seed)
+                return torch.poisson(torch._standard_gamma(theta, generator=gen) * (mu / theta),
+                                     generator=gen)
+            rng = np.random.default_rng(seed)
+            mu, theta = mu.numpy(), theta.numpy()
             counts = rng.poisson(rng.standard_gamma(theta, dtype=np.float32) * (mu / theta))
-            return torch.from_numpy(counts.astype(np.float32)).to(z.device)
+            return torch.from_numpy(counts.astype(np.float32))
+        rng = np.random.default_rng(seed)
         noise = torch.from_numpy(rng.standard_normal(out.shape, dtype=np.float32)).to(out.device)
         return (out + torch.exp(log_scale) * noise) * self.gene_scale + self.gene_mean
