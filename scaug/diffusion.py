@@ -36,6 +36,15 @@ class GaussianDiffusion:
     ----------
     n_steps : int
         Number of training time steps (T).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from scaug.diffusion import GaussianDiffusion
+    >>> diffusion = GaussianDiffusion(1000)
+    >>> z0 = torch.zeros(4, 2)
+    >>> diffusion.q_sample(z0, torch.full((4,), 1000), torch.ones(4, 2)).round(decimals=2)[0]
+    tensor([1., 1.])
     """
 
     def __init__(self, n_steps: int = 1000):

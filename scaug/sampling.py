@@ -33,6 +33,17 @@ class TypeSummaries:
       standardised latents, and ``radius``: the ``quantile`` of its real cells' Mahalanobis
       distances. Screening accepts a synthetic latent within ``radius`` times a tolerance.
       A type of fewer than 3 cells borrows the covariance of all cells.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from scaug.sampling import TypeSummaries
+    >>> rng = np.random.default_rng(0)
+    >>> Z, codes = rng.normal(size=(200, 3)), np.repeat([0, 1], 100)
+    >>> library = np.where(codes == 0, 1000.0, 5000.0)
+    >>> s = TypeSummaries.fit(Z, codes, 2, library=library)
+    >>> s.draw_library(np.array([0, 1]), rng)
+    array([1000., 5000.], dtype=float32)
     """
 
     def __init__(self, library_quantiles, mean, precision, radius):

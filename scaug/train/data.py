@@ -31,6 +31,15 @@ class BalancedDraws:
     drawing the class first, then a cell of that class, makes a 10-cell type as present as a
     2000-cell one. ``power=1`` is plain uniform sampling of cells. The sort by class is done once
     here, so a draw costs O(batch size) whatever the number of cells.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from scaug.train import BalancedDraws
+    >>> y = np.array([0] * 990 + [1] * 10)
+    >>> idx = BalancedDraws(y)(10000, np.random.default_rng(0))
+    >>> round(float((y[idx] == 1).mean()), 1)  # the 10-cell class fills half of the batches
+    0.5
     """
 
     def __init__(self, y: np.ndarray, power: float = 0.0):
@@ -71,6 +80,14 @@ class MinibatchData(IterableDataset):
         Batches per pass; ``None`` is one shuffled pass over the rows.
     draw : BalancedDraws or None
         Draw each batch from this (class-balanced) instead of a shuffled pass.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from scaug.train import MinibatchData
+    >>> data = MinibatchData([np.ones((10, 3)), np.arange(10)], batch_size=4, seed=0)
+    >>> [tuple(x.shape) for x, _ in data]  # one shuffled pass: 4 + 4 + 2 rows
+    [(4, 3), (4, 3), (2, 3)]
     """
 
     def __init__(self, arrays, *, batch_size: int, seed: int, n_batches: int | None = None,
