@@ -241,13 +241,28 @@ def _looks_like_counts(X):
 # sparse-aware statistics
 # ----------------------------------------------------------------------------------------------
 def _gene_mean_var(X):
-    """Per-gene mean and (population, ddof=0) variance; sparse-aware."""
+    """Per-gene mean and (population, ddof=0) variance; sparse-aware.
+
+    Both are two-pass (deviations from the mean), so dense and sparse input agree to rounding,
+    and a variance below 1e-12 of the squared mean (rounding error of a constant gene) is 0.
+    """
     if sp.issparse(X):
-        mean = np.asarray(X.mean(axis=0)).ravel()
-        mean_sq = np.asarray(X.multiply(X).mean(axis=0)).ravel()
-        var = np.maximum(mean_sq - mean**2, 0.0)
-        return mean, var
-    return X.mean(axis=0), X.var(axis=0)
+        X = sp.csr_matrix(X)
+        n_cells = X.shape[0]
+        mean = np.asarray(X.sum(axis=0)).ravel() / n_cells
+        deviation = X.data - mean[X.indices]
+        stored = np.bincount(X.indices, minlength=X.shape[1])
+        var = np.bincount(X.indices, weights=deviation**2, minlength=X.shape[1])
+        var = (var + (n_cells - stored) * mean**2) / n_cells
+    else:
+        mean, var = X.mean(axis=0), X.var(axis=0)
+    var[var <= 1e-12 * mean**2] = 0.0
+    return mean, var
+
+
+def _constant(v):
+    """Whether ``v`` is the same everywhere, to rounding."""
+    return bool(np.ptp(v) <= 1e-12 * np.max(np.abs(v)))
 
 
 def _zero_fraction(X):
@@ -606,7 +621,8 @@ def c2st_auc(
     cells the folds are ``StratifiedKFold``'s. Degenerate input warns
     (:class:`DegenerateInputWarning`): fewer than 10 cells per sample (a noisy score), all cells
     of both samples identical (0.5 without fitting anything), and shared cells that leave no
-    fold with both samples on each side (NaN).
+    grouped fold with both samples on each side (for example a synthetic sample that is one
+    real cell repeated): then the folds ignore copies, as ``StratifiedKFold`` does.
 
     Parameters
     ----------
@@ -633,7 +649,7 @@ def c2st_auc(
     Returns
     -------
     float
-        Mean cross-validated ROC AUC, in [0, 1]; NaN (with a warning) when no fold can be scored.
+        Mean cross-validated ROC AUC, in [0, 1].
 
     Examples
     --------
@@ -669,9 +685,10 @@ def c2st_auc(
         _warn(
             f"The {groups.size} cells fall into only {groups.max() + 1} groups once the copies of "
             "each cell found in both samples are kept together, too few to have both samples "
-            "on each side of a fold; c2st_auc is NaN."
+            "on each side of a fold; c2st_auc falls back to folds that ignore copies, so a "
+            "cell's copy may be trained on with the other label, which biases the score low."
         )
-        return float("nan")
+        splits = _c2st_splits(X, y, np.arange(y.size), cv, seed)
     model = _make_classifier(classifier, seed, min(len(train) for train, _ in splits))
     scores = cross_val_score(model, X, y, cv=splits, scoring="roc_auc")
     return float(np.mean(scores))
@@ -853,8 +870,13 @@ def _covered(points, centres, radii):
     chunk = _chunk_rows(centres.shape[0])
     for start in range(0, points.shape[0], chunk):
         d = cdist(points[start : start + chunk], centres)
-        out[start : start + chunk] = (d <= radii[None, :]).any(axis=1)
+        out[start : start + chunk] = (d <= radii[None, :] * _ROUNDING).any(axis=1)
     return out
+
+
+# A point on a ball's boundary is inside; this much slack keeps that decision the same whether the
+# coordinates came from dense or sparse input (which round differently).
+_ROUNDING = 1.0 + 1e-9
 
 
 def _knn_radii(Z, k):
@@ -966,7 +988,7 @@ def _stat_correlation(real, synthetic, which, log):
                 f"{min(a.min(), b.min()):g}); pass log=False for data that can be negative."
             )
         a, b = np.log1p(a), np.log1p(b)
-    constant = [name for name, v in (("real", a), ("synthetic", b)) if np.all(v == v[0])]
+    constant = [name for name, v in (("real", a), ("synthetic", b)) if _constant(v)]
     if constant:
         _warn(
             f"The per-gene {which} is the same for every gene of {' and '.join(constant)} "
