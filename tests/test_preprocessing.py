@@ -6,7 +6,8 @@ import scipy.sparse as sp
 from numpy.testing import assert_allclose
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
-from sklearn.utils.estimator_checks import parametrize_with_checks
+from sklearn.utils._param_validation import InvalidParameterError
+from sklearn.utils.estimator_checks import check_param_validation, parametrize_with_checks
 
 from scaug.preprocessing import NormalizeLog1p
 
@@ -115,3 +116,15 @@ def test_in_pipeline(counts):
 @parametrize_with_checks([NormalizeLog1p(), NormalizeLog1p(target_sum=None)])
 def test_sklearn_compatible(estimator, check):
     check(estimator)
+
+
+@pytest.mark.parametrize("estimator", [NormalizeLog1p(), NormalizeLog1p(target_sum=None)])
+def test_param_validation(estimator):
+    # scikit-learn's own check: every bad type or value gets its message naming the parameter
+    check_param_validation(type(estimator).__name__, estimator)
+
+
+@pytest.mark.parametrize("target_sum", [True, float("inf"), float("nan")])
+def test_flag_or_non_finite_target_sum_is_refused(counts, target_sum):
+    with pytest.raises(InvalidParameterError, match="The 'target_sum' parameter of NormalizeLog1p"):
+        NormalizeLog1p(target_sum=target_sum).fit(counts)

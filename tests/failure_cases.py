@@ -1,0 +1,497 @@
+"""The bad and degenerate inputs the test suite tries, and what each one must do.
+
+:data:`CASES` is a registry of :class:`Case`: a function, an input described in words, a call
+that tries it, and the expected behaviour (:func:`raises`, :func:`warns` or :func:`returns`).
+``tests/test_failure_cases.py`` runs every case and checks its outcome; ``python
+docs/_scripts/failure_cases.py`` runs the same cases and renders ``docs/reliability.md``, the
+table of what each one does now. Add a case here (rather than a one-off test) when a new
+failure mode turns up, then re-render the table.
+
+A call takes one argument, a fresh temporary folder (for cases that need files), and must be
+quick: the whole registry runs in the test suite.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import scipy.sparse as sp
+from sklearn.exceptions import NotFittedError
+from sklearn.utils._param_validation import InvalidParameterError
+
+from scaug import datasets, metrics
+from scaug.metrics import DegenerateInputWarning
+from scaug.preprocessing import NormalizeLog1p
+
+# ----------------------------------------------------------------------------------------------
+# the registry's vocabulary
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Expect:
+    """What a case must do: raise, warn (and return), or return quietly."""
+
+    kind: str  # "raises", "warns" or "returns"
+    category: type | None = None  # the exception or warning class
+    match: str = ""  # a substring of its message
+    check: Callable[[object], bool] | None = None  # a test of the returned value
+    value: str = ""  # the returned value, in words
+
+    def describe(self) -> str:
+        if self.kind == "raises":
+            return f"raises `{self.category.__name__}` naming {self.match!r}"
+        value = f"returns {self.value}" if self.value else "returns"
+        if self.kind == "warns":
+            return f"{value}, warns `{self.category.__name__}` ({self.match!r})"
+        return value
+
+
+def raises(category, match):
+    """The call raises ``category`` with ``match`` in its message."""
+    return Expect("raises", category, match)
+
+
+def warns(category, match, check=None, value=""):
+    """The call warns ``category`` with ``match`` in its message and returns a value passing
+    ``check``."""
+    return Expect("warns", category, match, check, value)
+
+
+def returns(check, value):
+    """The call returns a value passing ``check``, with no :class:`DegenerateInputWarning`."""
+    return Expect("returns", None, "", check, value)
+
+
+@dataclass(frozen=True)
+class Case:
+    """One bad or degenerate input of one function."""
+
+    area: str  # the module: "metrics", "datasets", "preprocessing", ...
+    function: str
+    case: str  # the input, in words
+    call: Callable[[Path], object]
+    expect: Expect
+
+    @property
+    def id(self) -> str:
+        return f"{self.function}: {self.case}"
+
+
+@dataclass
+class Outcome:
+    """What a call did: its value or exception, and the warnings it gave."""
+
+    value: object = None
+    error: BaseException | None = None
+    warnings: list = field(default_factory=list)
+
+
+def run(case: Case, tmp_path: Path) -> Outcome:
+    """Try one case, recording its value or exception and every warning."""
+    outcome = Outcome()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            outcome.value = case.call(Path(tmp_path))
+        except Exception as exc:  # noqa: BLE001 - recording what the call raises is the point
+            outcome.error = exc
+    outcome.warnings = list(caught)
+    return outcome
+
+
+def problems(case: Case, outcome: Outcome) -> list[str]:
+    """Why ``outcome`` is not what ``case`` expects; empty when it is."""
+    expect, out = case.expect, []
+    if expect.kind == "raises":
+        if outcome.error is None:
+            return [f"returned {outcome.value!r} instead of raising {expect.category.__name__}"]
+        if not isinstance(outcome.error, expect.category):
+            out.append(f"raised {type(outcome.error).__name__}, not {expect.category.__name__}")
+        if expect.match not in str(outcome.error):
+            out.append(f"message {str(outcome.error)!r} lacks {expect.match!r}")
+        return out
+    if outcome.error is not None:
+        return [f"raised {type(outcome.error).__name__}: {outcome.error}"]
+    if expect.check is not None and not expect.check(outcome.value):
+        out.append(f"returned {outcome.value!r}, expected {expect.value}")
+    degenerate = [w for w in outcome.warnings if issubclass(w.category, DegenerateInputWarning)]
+    if expect.kind == "warns":
+        if not any(issubclass(w.category, expect.category) and expect.match in str(w.message)
+                   for w in outcome.warnings):
+            found = [str(w.message) for w in outcome.warnings]
+            out.append(f"no {expect.category.__name__} containing {expect.match!r} (got {found})")
+    elif degenerate:
+        out.append(f"warned {str(degenerate[0].message)!r}")
+    return out
+
+
+def describe(outcome: Outcome, *, limit: int = 220) -> str:
+    """What a call did, in one line of markdown."""
+    def short(text):
+        text = " ".join(str(text).split()).replace("|", "\\|")
+        return text if len(text) <= limit else text[: limit - 3] + "..."
+
+    if outcome.error is not None:
+        return f"raises `{type(outcome.error).__name__}`: {short(outcome.error)}"
+    text = f"returns {short(_show(outcome.value))}"
+    seen = []
+    for w in outcome.warnings:
+        if (w.category, str(w.message)) not in seen:
+            seen.append((w.category, str(w.message)))
+    for category, message in seen:
+        text += f"; warns `{category.__name__}`: {short(message)}"
+    return text
+
+
+def _show(value):
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, tuple):
+        return "(" + ", ".join(_show(v) for v in value) + ")"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {_show(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, np.ndarray):
+        return f"an array of shape {value.shape}"
+    if isinstance(value, ad.AnnData):
+        return f"an AnnData of shape {value.shape}"
+    return repr(value)
+
+
+# ----------------------------------------------------------------------------------------------
+# inputs
+# ----------------------------------------------------------------------------------------------
+def _counts(n_cells, n_genes, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.poisson(rng.gamma(0.7, 3.0, size=n_genes), size=(n_cells, n_genes)).astype(float)
+
+
+def _normal(n_cells, n_genes, seed=0):
+    return np.random.default_rng(seed).normal(size=(n_cells, n_genes))
+
+
+def _log(n_cells, n_genes, seed=0):
+    return metrics.normalize_log1p(_counts(n_cells, n_genes, seed))
+
+
+def _shared(n_cells=60, n_shared=20, n_genes=10):
+    """Two samples of one population that have ``n_shared`` cells in common."""
+    real, synthetic = _normal(n_cells, n_genes, 1), _normal(n_cells, n_genes, 2)
+    synthetic[:n_shared] = real[:n_shared]
+    return real, synthetic
+
+
+def _is(value):
+    return lambda v: v == value
+
+
+def _near(value, tol):
+    return lambda v: abs(v - value) <= tol
+
+
+def _nan(v):
+    return bool(np.isnan(v))
+
+
+def _in_unit(v):
+    return 0.0 <= v <= 1.0
+
+
+def _mostly_zero_genes():
+    a, b = _counts(40, 8, 1), _counts(40, 8, 2)
+    pad = np.zeros((40, 24))
+    return np.hstack([a, pad]), np.hstack([b, pad])
+
+
+def _write(path, *, obs=None, X=True, n_cells=3):
+    adata = ad.AnnData(X=sp.csr_matrix(np.ones((n_cells, 2), dtype=np.float32)) if X else None,
+                       obs=None if X else ad.AnnData(np.ones((n_cells, 2))).obs)
+    for key, values in (obs or {}).items():
+        adata.obs[key] = values
+    adata.write_h5ad(path)
+    return path.parent
+
+
+def _write_bytes(folder, name, data):
+    (folder / name).write_bytes(data)
+    return folder
+
+
+def _truncated(folder, name):
+    whole = _write(folder / "whole.h5ad", obs={"cell_type": ["a", "b", "a"]}) / "whole.h5ad"
+    data = whole.read_bytes()
+    return _write_bytes(folder, name, data[: len(data) // 2])
+
+
+@contextlib.contextmanager
+def _no_data_dir_env():
+    saved = os.environ.pop(datasets.DATA_DIR_ENV, None)
+    try:
+        yield
+    finally:
+        if saved is not None:
+            os.environ[datasets.DATA_DIR_ENV] = saved
+
+
+def _load_without_folder(_tmp):
+    with _no_data_dir_env():
+        return datasets.load("pbmc3k")
+
+
+class _OnlyFit:
+    def fit(self, X, y):
+        return self
+
+
+M, D, P = "metrics", "datasets", "preprocessing"
+IPE = InvalidParameterError
+DIW = DegenerateInputWarning
+X60 = _normal(60, 10)
+
+# ----------------------------------------------------------------------------------------------
+# the cases
+# ----------------------------------------------------------------------------------------------
+CASES = [
+    # c2st_auc ------------------------------------------------------------------------------
+    Case(M, "c2st_auc", "a sample against an exact copy of itself (60 cells x 10 genes)",
+         lambda t: metrics.c2st_auc(X60, X60.copy(), random_state=0),
+         returns(_near(0.5, 1e-9), "0.5 (0.02-0.03 before issue 14)")),
+    Case(M, "c2st_auc", "a sparse sample against a copy with its rows shuffled",
+         lambda t: metrics.c2st_auc(sp.csr_matrix(_log(60, 30)), sp.csr_matrix(_log(60, 30)[::-1]),
+                                    random_state=0),
+         returns(_near(0.5, 1e-9), "0.5")),
+    Case(M, "c2st_auc", "two samples of one population sharing 20 of their 60 cells",
+         lambda t: metrics.c2st_auc(*_shared(), random_state=0),
+         returns(_near(0.5, 0.15), "about 0.5")),
+    Case(M, "c2st_auc", "a synthetic sample of one new cell repeated 60 times",
+         lambda t: metrics.c2st_auc(X60, np.tile(X60[:1] + 1, (60, 1)), random_state=0),
+         returns(lambda v: v > 0.95, "about 1 (the repeats are recognised)")),
+    Case(M, "c2st_auc", "a synthetic sample of one real cell repeated 60 times",
+         lambda t: metrics.c2st_auc(X60, np.tile(X60[:1], (60, 1)), random_state=0),
+         warns(DIW, "falls back to folds that ignore copies", lambda v: v > 0.95, "about 1")),
+    Case(M, "c2st_auc", "all cells of both samples identical (all zero)",
+         lambda t: metrics.c2st_auc(np.zeros((12, 5)), np.zeros((12, 5)), random_state=0),
+         warns(DIW, "are identical", _is(0.5), "0.5")),
+    Case(M, "c2st_auc", "3 cells per sample",
+         lambda t: metrics.c2st_auc(_normal(3, 5, 1), _normal(3, 5, 2), random_state=0),
+         warns(DIW, "Only 3 cells per sample", _in_unit, "a value in [0, 1]")),
+    Case(M, "c2st_auc", "2 cells per sample, one of them in both samples",
+         lambda t: metrics.c2st_auc(np.zeros((2, 4)), np.r_[np.zeros((1, 4)), np.ones((1, 4))],
+                                    random_state=0),
+         warns(DIW, "fall into only 2 groups", _in_unit, "a value in [0, 1]")),
+    Case(M, "c2st_auc", "classifier='knn' (10 neighbours) on 4 cells per sample",
+         lambda t: metrics.c2st_auc(_normal(4, 6, 1), _normal(4, 6, 2), classifier="knn"),
+         warns(DIW, "Only 4 cells", _in_unit, "a value in [0, 1]")),
+    Case(M, "c2st_auc", "one cell in `real`",
+         lambda t: metrics.c2st_auc(X60[:1], X60),
+         raises(ValueError, "`real` must have at least 2 cells")),
+    Case(M, "c2st_auc", "no cells (0 x 10)",
+         lambda t: metrics.c2st_auc(X60, np.zeros((0, 10))),
+         raises(ValueError, "`synthetic` must have at least 2 cells (rows); got 0")),
+    Case(M, "c2st_auc", "no genes (5 x 0)",
+         lambda t: metrics.c2st_auc(np.zeros((5, 0)), np.zeros((5, 0))),
+         raises(ValueError, "`real` must have at least one gene")),
+    Case(M, "c2st_auc", "`real` is None",
+         lambda t: metrics.c2st_auc(None, X60),
+         raises(IPE, "The 'real' parameter of c2st_auc")),
+    Case(M, "c2st_auc", "an AnnData instead of a matrix",
+         lambda t: metrics.c2st_auc(ad.AnnData(X60.astype(np.float32)), X60),
+         raises(ValueError, "`real` is an AnnData; pass its matrix")),
+    Case(M, "c2st_auc", "different numbers of genes",
+         lambda t: metrics.c2st_auc(X60, X60[:, :9]),
+         raises(ValueError, "`real` has 10 genes (columns) but `synthetic` has 9")),
+    Case(M, "c2st_auc", "a NaN entry",
+         lambda t: metrics.c2st_auc(X60, np.where(X60 > 2.5, np.nan, X60)),
+         raises(ValueError, "`synthetic` contains")),
+    Case(M, "c2st_auc", "strings",
+         lambda t: metrics.c2st_auc(np.array([["a", "b"], ["c", "d"]]), np.ones((2, 2))),
+         raises(ValueError, "`real` must hold numeric values")),
+    Case(M, "c2st_auc", "classifier='svm'",
+         lambda t: metrics.c2st_auc(X60, X60, classifier="svm"),
+         raises(IPE, "The 'classifier' parameter of c2st_auc")),
+    Case(M, "c2st_auc", "a classifier with neither predict_proba nor decision_function",
+         lambda t: metrics.c2st_auc(X60, X60, classifier=_OnlyFit()),
+         raises(IPE, "The 'classifier' parameter of c2st_auc")),
+    Case(M, "c2st_auc", "cv=1",
+         lambda t: metrics.c2st_auc(X60, X60, cv=1),
+         raises(IPE, "The 'cv' parameter of c2st_auc")),
+    Case(M, "c2st_auc", "n_components=True",
+         lambda t: metrics.c2st_auc(X60, X60, n_components=True),
+         raises(IPE, "The 'n_components' parameter of c2st_auc")),
+    # other embedding metrics ---------------------------------------------------------------
+    Case(M, "mmd_rbf", "identical samples",
+         lambda t: metrics.mmd_rbf(X60, X60, random_state=0),
+         returns(lambda v: -0.05 < v <= 0, "a value slightly below 0")),
+    Case(M, "mmd_rbf", "bandwidths=[1, -1]",
+         lambda t: metrics.mmd_rbf(X60, X60, bandwidths=[1.0, -1.0]),
+         raises(ValueError, "`bandwidths` must be a non-empty sequence of positive numbers")),
+    Case(M, "mmd_rbf", "bandwidths=0",
+         lambda t: metrics.mmd_rbf(X60, X60, bandwidths=0),
+         raises(IPE, "The 'bandwidths' parameter of mmd_rbf")),
+    Case(M, "energy_distance", "identical samples",
+         lambda t: metrics.energy_distance(X60, X60, random_state=0),
+         returns(lambda v: -0.2 < v <= 0, "a value slightly below 0")),
+    Case(M, "energy_distance", "all cells identical, dense against sparse",
+         lambda t: metrics.energy_distance(np.ones((6, 3)), sp.csr_matrix(np.ones((6, 3)))),
+         warns(DIW, "are identical", _is(0.0), "0")),
+    Case(M, "knn_precision_recall", "identical samples",
+         lambda t: metrics.knn_precision_recall(X60, X60, random_state=0),
+         returns(_is((1.0, 1.0)), "(1, 1)")),
+    Case(M, "knn_precision_recall", "k=25 with 20 cells",
+         lambda t: metrics.knn_precision_recall(X60[:20], X60[20:40], k=25),
+         raises(ValueError, "`k` (25) must be smaller than the number of real cells (20)")),
+    Case(M, "pca_embed", "a `reference` whose cells are all identical",
+         lambda t: metrics.pca_embed(X60, X60, reference=np.ones((5, 10))),
+         raises(ValueError, "All 5 cells of `reference` are identical")),
+    # gene statistics -----------------------------------------------------------------------
+    Case(M, "gene_mean_correlation", "one gene",
+         lambda t: metrics.gene_mean_correlation(_counts(20, 1), _counts(20, 1, 1)),
+         warns(DIW, "correlation is undefined: NaN", _nan, "NaN")),
+    Case(M, "gene_mean_correlation", "all-zero samples",
+         lambda t: metrics.gene_mean_correlation(np.zeros((5, 4)), np.zeros((5, 4))),
+         warns(DIW, "same for every gene of real and synthetic", _nan, "NaN")),
+    Case(M, "gene_mean_correlation", "24 of 32 genes zero in every cell of both samples",
+         lambda t: metrics.gene_mean_correlation(*_mostly_zero_genes()),
+         warns(DIW, "24 of the 32 genes are zero", lambda v: -1 <= v <= 1, "the correlation")),
+    Case(M, "gene_mean_correlation", "log=True on data with means below -1",
+         lambda t: metrics.gene_mean_correlation(X60 - 10, X60),
+         raises(ValueError, "pass log=False")),
+    Case(M, "gene_variance_correlation", "a synthetic sample of one cell repeated",
+         lambda t: metrics.gene_variance_correlation(_counts(20, 6), np.tile(_counts(1, 6), (20, 1))),
+         warns(DIW, "variance is the same for every gene of synthetic", _nan, "NaN")),
+    Case(M, "zero_fraction_error", "identical samples",
+         lambda t: metrics.zero_fraction_error(_counts(20, 6), _counts(20, 6)),
+         returns(_is(0.0), "0")),
+    Case(M, "zero_fraction_error", "24 of 32 genes zero in every cell of both samples",
+         lambda t: metrics.zero_fraction_error(*_mostly_zero_genes()),
+         warns(DIW, "24 of the 32 genes are zero", _in_unit, "the error")),
+    Case(M, "library_size_distance", "negative values",
+         lambda t: metrics.library_size_distance(_counts(10, 4), -_counts(10, 4)),
+         raises(ValueError, "`synthetic` contains negative values")),
+    Case(M, "library_size_distance", "log-normalised input",
+         lambda t: metrics.library_size_distance(_log(10, 4), _counts(10, 4)),
+         warns(DIW, "`real` is not raw counts", lambda v: v >= 0, "a distance")),
+    # memorisation --------------------------------------------------------------------------
+    Case(M, "distance_to_closest_record", "a single query cell",
+         lambda t: metrics.distance_to_closest_record(X60, X60[:1]),
+         returns(lambda v: v.shape == (1,) and v[0] < 1e-9, "one distance, 0")),
+    Case(M, "distance_to_closest_record", "one training cell",
+         lambda t: metrics.distance_to_closest_record(X60[:1], X60),
+         raises(ValueError, "`train` must have at least 2 cells")),
+    Case(M, "dcr_ratio", "synthetic cells that copy training cells",
+         lambda t: metrics.dcr_ratio(X60, X60[:20], _normal(30, 10, 5)),
+         returns(_is(0.0), "0")),
+    Case(M, "dcr_ratio", "held-out cells that duplicate training cells",
+         lambda t: metrics.dcr_ratio(X60, _normal(30, 10, 5), X60[:30]),
+         warns(DIW, "no reference distance", _nan, "NaN")),
+    Case(M, "dcr_ratio", "training cells all identical",
+         lambda t: metrics.dcr_ratio(np.ones((5, 10)), X60, X60),
+         raises(ValueError, "All 5 cells of `train` are identical")),
+    # evaluate ------------------------------------------------------------------------------
+    Case(M, "evaluate", "counts=True on log-normalised data",
+         lambda t: metrics.evaluate(_log(20, 8), _counts(20, 8)),
+         raises(ValueError, "`real` is not raw counts")),
+    Case(M, "evaluate", "counts=True with a negative count",
+         lambda t: metrics.evaluate(_counts(20, 8), -_counts(20, 8)),
+         raises(ValueError, "`synthetic` contains negative values")),
+    Case(M, "evaluate", "counts=False on raw counts",
+         lambda t: metrics.evaluate(_log(20, 8), _counts(20, 8), counts=False, random_state=0),
+         warns(DIW, "`synthetic` looks like raw counts", lambda v: isinstance(v, dict), "scores")),
+    Case(M, "evaluate", "2 cells per sample",
+         lambda t: metrics.evaluate(_counts(2, 8), _counts(2, 8, 1), random_state=0),
+         warns(DIW, "Only 2 cells per sample",
+               lambda v: all(isinstance(x, float) for x in v.values()), "a dict of floats")),
+    Case(M, "evaluate", "`train` cells all identical",
+         lambda t: metrics.evaluate(_counts(12, 8), _counts(12, 8, 1), train=np.ones((4, 8)),
+                                    random_state=0),
+         warns(DIW, "dcr_ratio is NaN", lambda v: np.isnan(v["dcr_ratio"]), "dcr_ratio NaN")),
+    Case(M, "evaluate", "k=0",
+         lambda t: metrics.evaluate(_counts(12, 8), _counts(12, 8), k=0),
+         raises(IPE, "The 'k' parameter of evaluate")),
+    Case(M, "normalize_log1p", "target_sum=0",
+         lambda t: metrics.normalize_log1p(_counts(4, 3), target_sum=0),
+         raises(IPE, "The 'target_sum' parameter of normalize_log1p")),
+    Case(M, "normalize_log1p", "negative values",
+         lambda t: metrics.normalize_log1p(-_counts(4, 3)),
+         raises(ValueError, "`X` contains negative values")),
+    # preprocessing -------------------------------------------------------------------------
+    Case(P, "NormalizeLog1p", "target_sum=-1",
+         lambda t: NormalizeLog1p(target_sum=-1).fit(_counts(4, 3)),
+         raises(IPE, "The 'target_sum' parameter of NormalizeLog1p")),
+    Case(P, "NormalizeLog1p", "target_sum=True",
+         lambda t: NormalizeLog1p(target_sum=True).fit(_counts(4, 3)),
+         raises(IPE, "The 'target_sum' parameter of NormalizeLog1p")),
+    Case(P, "NormalizeLog1p", "negative counts",
+         lambda t: NormalizeLog1p().fit(-_counts(4, 3)),
+         raises(ValueError, "Negative values in data passed to NormalizeLog1p")),
+    Case(P, "NormalizeLog1p", "target_sum=None on cells that all have no counts",
+         lambda t: NormalizeLog1p(target_sum=None).fit(np.zeros((3, 4))),
+         raises(ValueError, "every row of X has a total of zero")),
+    Case(P, "NormalizeLog1p", "transform before fit",
+         lambda t: NormalizeLog1p().transform(_counts(4, 3)),
+         raises(NotFittedError, "not fitted yet")),
+    Case(P, "NormalizeLog1p", "transform with another number of genes",
+         lambda t: NormalizeLog1p().fit(_counts(4, 3)).transform(_counts(4, 5)),
+         raises(ValueError, "X has 5 features, but NormalizeLog1p is expecting 3 features")),
+    Case(P, "NormalizeLog1p", "a cell with no counts",
+         lambda t: NormalizeLog1p().fit_transform(np.r_[np.zeros((1, 3)), _counts(3, 3)])[0],
+         returns(lambda v: np.all(v == 0), "a row of zeros, as scanpy")),
+    # datasets ------------------------------------------------------------------------------
+    Case(D, "load", "an unknown name ('PBMC3K')",
+         lambda t: datasets.load("PBMC3K"),
+         raises(IPE, "The 'name' parameter of load")),
+    Case(D, "load", "data_dir=3",
+         lambda t: datasets.load("cbmc", data_dir=3),
+         raises(IPE, "The 'data_dir' parameter of load")),
+    Case(D, "load", "no data folder given",
+         _load_without_folder,
+         raises(FileNotFoundError, "no data folder was given")),
+    Case(D, "load", "a data folder that does not exist",
+         lambda t: datasets.load("cbmc", data_dir=t / "nowhere"),
+         raises(FileNotFoundError, "Cannot find the data folder")),
+    Case(D, "load", "the file is missing from the folder",
+         lambda t: datasets.load("cbmc", data_dir=t),
+         raises(FileNotFoundError, "Cannot find the file 'cbmc.h5ad'")),
+    Case(D, "load", "an empty file",
+         lambda t: datasets.load("cbmc", data_dir=_write_bytes(t, "cbmc.h5ad", b"")),
+         raises(ValueError, "is not a readable .h5ad file")),
+    Case(D, "load", "a file that is not HDF5",
+         lambda t: datasets.load("cbmc", data_dir=_write_bytes(t, "cbmc.h5ad", b"garbage" * 64)),
+         raises(ValueError, "is not a readable .h5ad file")),
+    Case(D, "load", "a truncated file",
+         lambda t: datasets.load("paul15", data_dir=_truncated(t, "paul15.h5ad")),
+         raises(ValueError, "is not a readable .h5ad file")),
+    Case(D, "load", "a file without obs['cell_type']",
+         lambda t: datasets.load("bladder",
+                                 data_dir=_write(t / "bladder.h5ad", obs={"louvain": list("010")})),
+         raises(ValueError, "has no obs['cell_type'] column")),
+    Case(D, "load", "a file without X",
+         lambda t: datasets.load("bladder", data_dir=_write(t / "bladder.h5ad", X=False)),
+         raises(ValueError, "has no matrix in X")),
+    Case(D, "load", "a file of another shape",
+         lambda t: datasets.load("cbmc", data_dir=_write(t / "cbmc.h5ad", obs={"cell_type": list("aba")})),
+         warns(UserWarning, "has shape (3, 2), not the (7839, 2000)",
+               lambda v: v.obs["cell_type"].dtype == "category", "the AnnData, labels categorical")),
+    Case(D, "simulate", "n_cells=0",
+         lambda t: datasets.simulate(n_cells=0),
+         raises(IPE, "The 'n_cells' parameter of simulate")),
+    Case(D, "simulate", "n_types=True",
+         lambda t: datasets.simulate(n_types=True),
+         raises(IPE, "The 'n_types' parameter of simulate")),
+    Case(D, "simulate", "rare_sizes=(0,)",
+         lambda t: datasets.simulate(rare_sizes=(0,)),
+         raises(ValueError, "rare_sizes[0] must be an integer >= 1")),
+    Case(D, "simulate", "rare types leaving no cell for a common type",
+         lambda t: datasets.simulate(n_cells=30, rare_sizes=(28,)),
+         raises(ValueError, "each common type needs at least one cell")),
+    Case(D, "simulate", "random_state='seed'",
+         lambda t: datasets.simulate(random_state="seed"),
+         raises(IPE, "The 'random_state' parameter of simulate")),
+]
