@@ -47,7 +47,7 @@ class Expect:
 
     def describe(self) -> str:
         if self.kind == "raises":
-            return f"raises `{self.category.__name__}` naming {self.match!r}"
+            return f"raises `{self.category.__name__}` saying {self.match!r}"
         value = f"returns {self.value}" if self.value else "returns"
         if self.kind == "warns":
             return f"{value}, warns `{self.category.__name__}` ({self.match!r})"
