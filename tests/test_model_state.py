@@ -1,6 +1,7 @@
 """SCLD and CellAutoencoder state: all-or-nothing fits, clone, pickling, saved files, bounded work,
 count decisions and parameter validation (scikit-learn's own checks)."""
 
+import copy
 import os
 import pickle
 
@@ -250,3 +251,19 @@ def test_cpu_threads_are_set_while_fitting_and_restored(data, monkeypatch):
         assert set(seen) == {2}
     finally:
         torch.set_num_threads(before)
+
+
+def test_a_model_fitted_on_a_gpu_unpickles_on_the_cpu(fitted, data):
+    """No GPU here: a fitted model is marked as fitted on one. Its pickle must carry CPU weights
+    and a CPU device, and, where torch sees no GPU, unpickle and sample on the CPU."""
+    _, y = data
+    model = copy.deepcopy(fitted)
+    model.device_ = torch.device("cuda:0")
+    state = model.__getstate__()
+    assert state["device_"] == torch.device("cpu") and state["_fitted_device"] == "cuda:0"
+    assert all(p.device.type == "cpu" for p in state["denoiser_"].parameters())
+    back = pickle.loads(pickle.dumps(model))
+    if not torch.cuda.is_available():
+        assert back.device_ == torch.device("cpu")
+        X, _ = back.sample({y[0]: 3}, random_state=0)
+        assert X.shape[0] == 3
