@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import copy
-from numbers import Real
+import sys
+from numbers import Integral, Real
 
 import numpy as np
 import scipy.sparse as sp
 import torch
-from sklearn.base import BaseEstimator, TransformerMixin, _fit_context
-from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.base import BaseEstimator, TransformerMixin, _fit_context, clone
+from sklearn.utils._param_validation import Interval, StrOptions, validate_params
 from sklearn.utils.validation import check_is_fitted
 
 from . import _utils
@@ -29,10 +30,83 @@ def _gene_moments(X):
     return mean.astype(np.float32), scale.astype(np.float32), bool(values.min() >= 0)
 
 
-def _default_epochs(n_obs: int, batch_size: int) -> int:
-    # about 3000 optimiser steps, between 20 and 200 passes over the data
+def _default_epochs(n_obs: int, batch_size: int, steps: int = 3000, low: int = 20,
+                    high: int = 200) -> int:
+    # about `steps` optimiser steps, between `low` and `high` passes over the data
     steps_per_epoch = max(1, int(np.ceil(n_obs / batch_size)))
-    return int(np.clip(np.ceil(3000 / steps_per_epoch), 20, 200))
+    return int(np.clip(np.ceil(steps / steps_per_epoch), low, high))
+
+
+#: the tensors of AutoencoderModule's state that are indexed by gene, and their gene axis
+_GENE_AXES = {"encoder.0.0.weight": 1, "decoder.1.weight": 0, "decoder.1.bias": 0,
+              "gene_log_scale": 0, "gene_mean": 0, "gene_scale": 0, "scale_head.weight": 0,
+              "scale_head.bias": 0}
+#: the gene-specific layers (input layer, output layer, dispersions); the rest is the trunk
+_GENE_LAYERS = ("encoder.0.0.", "decoder.1.", "gene_log_scale", "scale_head.")
+
+
+def _align_genes(known, names) -> tuple[np.ndarray, dict]:
+    """Position of each gene of ``names`` among ``known`` (-1 where ``known`` lacks it), and the
+    overlap: genes shared, missing (known but not in ``names``) and new (in ``names`` only)."""
+    lookup = {g: i for i, g in enumerate(known)}
+    index = np.array([lookup.get(g, -1) for g in names], dtype=np.int64)
+    n_shared = int((index >= 0).sum())
+    return index, {"n_genes": len(names), "n_encoder_genes": len(known), "n_shared": n_shared,
+                   "n_missing": len(known) - n_shared, "n_new": len(names) - n_shared,
+                   "overlap": n_shared / max(len(names), 1)}
+
+
+def _mean_shares(X) -> np.ndarray:
+    """Per gene, its mean share of a cell's counts, computed batch by batch."""
+    total = np.zeros(X.shape[1])
+    for idx in _utils.iter_batches(X.shape[0], 4096):
+        rows = _utils.dense_rows(X, idx).astype(np.float64)
+        total += (rows / np.maximum(rows.sum(1, keepdims=True), 1.0)).sum(0)
+    return total / max(X.shape[0], 1)
+
+
+@torch.no_grad()
+def _transplant(old, new, index: np.ndarray, *, shares=None, moments=None) -> None:
+    """Copy ``old``'s weights into ``new``, whose gene ``j`` is ``old``'s gene ``index[j]`` (-1:
+    a gene ``old`` never saw): scArches-style surgery.
+
+    The trunk is copied whole and the shared genes' rows and columns of the gene-specific
+    tensors. A new gene gets zero input and output weights (it changes no latent and no other
+    gene's output until fine-tuned), the median dispersion of the shared genes, its ``moments``
+    (continuous data) and, for counts, an output bias that gives it its mean share of the counts
+    (``shares``) on the scale of the shared genes' biases.
+    """
+    shared = index >= 0
+    dst, src = torch.from_numpy(np.flatnonzero(shared)), torch.from_numpy(index[shared])
+    old_state = {k: v.detach().cpu() for k, v in old.state_dict().items()}
+    state = new.state_dict()
+    for key, value in state.items():
+        if key not in _GENE_AXES:
+            value.copy_(old_state[key])
+            continue
+        before = old_state[key]
+        if key in ("encoder.0.0.weight", "decoder.1.weight"):
+            value.zero_()
+        elif key == "gene_log_scale":
+            value.fill_(float((before[src] if len(src) else before).median()))
+        elif key == "decoder.1.bias" and shares is not None:
+            log_share = torch.from_numpy(np.log(np.maximum(shares, 1e-8))).float()
+            known = torch.from_numpy(shares[dst.numpy()] > 0)
+            offset = float((before[src][known] - log_share[dst][known]).median()) if known.any() else 0.0
+            value.copy_(log_share + offset)
+        elif key in ("gene_mean", "gene_scale") and moments is not None:
+            value.copy_(torch.from_numpy(moments[0 if key == "gene_mean" else 1]))
+        elif key == "decoder.1.bias":
+            value.zero_()
+        value.index_copy_(_GENE_AXES[key], dst, before.index_select(_GENE_AXES[key], src))
+    new.load_state_dict(state)
+
+
+def _class_codes(y, n_cells: int):
+    """Integer class codes of ``y`` (for class-balanced minibatches), or None without labels."""
+    if y is None:
+        return None
+    return np.unique(_utils.check_labels(y, n_cells).astype(str), return_inverse=True)[1]
 
 
 class CellAutoencoder(TransformerMixin, BaseEstimator):
@@ -97,7 +171,10 @@ class CellAutoencoder(TransformerMixin, BaseEstimator):
     feature_names_in_ : ndarray of str
         Only when ``X`` had string column names (a DataFrame).
     history_ : list of float
-        Mean training loss per epoch.
+        Mean training loss per epoch (of the fine-tuning, for an adapted autoencoder).
+    gene_overlap_ : dict
+        Only on an autoencoder made by :meth:`adapt`: how the genes it was adapted to met the
+        pretrained ones (see :meth:`gene_overlap`).
 
     Examples
     --------
@@ -185,18 +262,9 @@ class CellAutoencoder(TransformerMixin, BaseEstimator):
         if not on_disk:
             X = _utils.check_matrix(X, min_rows=2)
         likelihood = _utils.decide_likelihood(X.sample() if on_disk else X, self.likelihood)
-        codes = None
-        if y is not None:
-            codes = np.unique(_utils.check_labels(y, X.shape[0]).astype(str),
-                              return_inverse=True)[1]
+        codes = _class_codes(y, X.shape[0])
         seed = _utils.seed_from(self.random_state)
         n_epochs = self.max_epochs or _default_epochs(X.shape[0], self.batch_size)
-        if on_disk:
-            data = X.minibatches(batch_size=int(self.batch_size), seed=seed, codes=codes,
-                                 class_balance=self.class_balance)
-        else:
-            data = MinibatchData([X], batch_size=int(self.batch_size), seed=seed,
-                                 draw=None if codes is None else BalancedDraws(codes, self.class_balance))
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), \
                 _utils.flush_denormal():
             torch.manual_seed(seed)
@@ -207,10 +275,8 @@ class CellAutoencoder(TransformerMixin, BaseEstimator):
                 mean, scale, nonnegative = X.gene_moments() if on_disk else _gene_moments(X)
                 module.gene_mean.copy_(torch.from_numpy(mean))
                 module.gene_scale.copy_(torch.from_numpy(scale))
-            plan = AutoencoderPlan(module, latent_noise=self.latent_noise,
-                                   learning_rate=self.learning_rate, n_epochs=n_epochs, seed=seed)
-            fit_plan(plan, data, device=device, trainer_kwargs=self.trainer_kwargs,
-                     max_epochs=n_epochs, desc="autoencoder", verbose=self.verbose)
+            plan = self._train(module, X, codes, n_epochs=n_epochs, seed=seed, device=device,
+                               verbose=self.verbose)
         # all or nothing: the fitted state is set only once training has finished
         _utils.drop_fitted_state(self)
         self.module_ = module.eval()
@@ -223,6 +289,20 @@ class CellAutoencoder(TransformerMixin, BaseEstimator):
         self._set_runtime(device)
         return self
 
+    def _train(self, module, X, codes, *, n_epochs, seed, device, verbose, desc="autoencoder"):
+        """Train ``module`` on ``X`` (in memory or on disk) for ``n_epochs``; returns the plan."""
+        if isinstance(X, OnDiskCells):
+            data = X.minibatches(batch_size=int(self.batch_size), seed=seed, codes=codes,
+                                 class_balance=self.class_balance)
+        else:
+            data = MinibatchData([X], batch_size=int(self.batch_size), seed=seed,
+                                 draw=None if codes is None else BalancedDraws(codes, self.class_balance))
+        plan = AutoencoderPlan(module, latent_noise=self.latent_noise,
+                               learning_rate=self.learning_rate, n_epochs=n_epochs, seed=seed)
+        fit_plan(plan, data, device=device, trainer_kwargs=self.trainer_kwargs,
+                 max_epochs=n_epochs, desc=desc, verbose=verbose)
+        return plan
+
     def check_genes(self, X) -> None:
         """Raise a clear error if ``X``'s genes differ from those the autoencoder was trained on."""
         check_is_fitted(self, "module_")
@@ -232,6 +312,171 @@ class CellAutoencoder(TransformerMixin, BaseEstimator):
         _utils.check_genes(shape[1], _utils.feature_names(X), expected_n=self.n_features_in_,
                            expected_names=getattr(self, "feature_names_in_", None),
                            what="this autoencoder")
+
+    # -- other genes ---------------------------------------------------------------------------
+    def gene_overlap(self, X, *, feature_names=None) -> dict:
+        """How the genes of ``X`` (by name) meet this autoencoder's, without any training.
+
+        Returns a dict: ``n_genes`` (of ``X``), ``n_encoder_genes``, ``n_shared``, ``n_missing``
+        (the encoder's genes that ``X`` lacks), ``n_new`` (genes of ``X`` the encoder never saw)
+        and ``overlap``, the fraction of ``X``'s genes the encoder knows (``n_shared /
+        n_genes``), which :meth:`adapt` compares with ``min_overlap``.
+        """
+        check_is_fitted(self, "module_")
+        signature = X.signature() if isinstance(X, OnDiskCells) else X
+        names = _utils.resolve_feature_names(signature, feature_names)
+        shape = getattr(signature, "shape", None) or np.shape(signature)
+        report = self._align(shape[1], names, 0.0)[1]
+        del report["min_overlap"]
+        return report
+
+    def _align(self, n_features, names, min_overlap) -> tuple[np.ndarray, dict]:
+        """The gene alignment of data with gene ``names``; refuses data without names, with
+        duplicate names, or whose overlap is below ``min_overlap``."""
+        known = getattr(self, "feature_names_in_", None)
+        if names is None or known is None:
+            side = "X has no gene names" if names is None else "this autoencoder has no gene names"
+            raise ValueError(
+                f"X has {n_features} genes and this autoencoder was trained on "
+                f"{self.n_features_in_} genes; aligning other genes needs their names and "
+                f"{side}. Fit the autoencoder with feature_names=... (or on a DataFrame) and pass "
+                "X as a DataFrame or with feature_names=... (an AnnData's var_names).")
+        if len(set(names)) != len(names):
+            raise ValueError("X's gene names hold duplicates; make them unique "
+                             "(AnnData.var_names_make_unique()).")
+        index, report = _align_genes(known, names)
+        report["min_overlap"] = float(min_overlap)
+        if report["overlap"] < min_overlap:
+            unknown = [str(g) for g, i in zip(names, index, strict=True) if i < 0][:3]
+            raise ValueError(
+                f"Only {report['n_shared']} of X's {report['n_genes']} genes "
+                f"({100 * report['overlap']:.1f} %) are among this autoencoder's "
+                f"{report['n_encoder_genes']} genes, below min_overlap={min_overlap} (genes it "
+                f"does not know: {unknown} ...). Check that both use the same gene identifiers "
+                "(symbols or Ensembl IDs, the same species and case), lower min_overlap, or fit "
+                "a new autoencoder on X.")
+        return index, report
+
+    def _overlap_or_none(self, n_features, names, min_overlap):
+        """None when X has exactly this autoencoder's genes (or must be taken to: a side without
+        gene names), the overlap report of :meth:`adapt` otherwise; refuses what cannot be
+        aligned, before any training."""
+        known = getattr(self, "feature_names_in_", None)
+        if names is None or known is None or np.array_equal(np.asarray(names, dtype=object),
+                                                            np.asarray(known, dtype=object)):
+            try:
+                _utils.check_genes(n_features, names, expected_n=self.n_features_in_,
+                                   expected_names=known, what="this autoencoder")
+            except ValueError as err:
+                raise ValueError(f"{err} To reuse it on other genes, give gene names to both "
+                                 "(they are then aligned by name, see CellAutoencoder.adapt).") from err
+            return None
+        return self._align(n_features, names, min_overlap)[1]
+
+    @validate_params({"min_overlap": [Interval(Real, 0, 1, closed="both")],
+                      "max_epochs": [Interval(Integral, 0, None, closed="left"), None],
+                      "finetune": [StrOptions({"genes", "all"})],
+                      "random_state": ["random_state"]},
+                     prefer_skip_nested_validation=True)
+    @_utils.with_cpu_threads
+    def adapt(self, X, y=None, *, feature_names=None, min_overlap=0.5, max_epochs=None,
+              finetune="genes", random_state=None) -> CellAutoencoder:
+        """A copy of this autoencoder for the genes of ``X``, aligned by name and fine-tuned.
+
+        scArches-style surgery: the new autoencoder has exactly ``X``'s genes in ``X``'s order.
+        Its trunk (every layer between the gene-specific ones) is this autoencoder's; its input
+        layer keeps the columns of the shared genes and its output layer and dispersions their
+        rows, so genes this autoencoder knows but ``X`` lacks leave the model (they pollute
+        neither the input nor the likelihood, whose softmax runs over ``X``'s genes only), and
+        genes new to it get zero weights (they start by changing nothing) and, for counts, an
+        output bias giving them their mean share of the counts in ``X``. Then the gene-specific
+        layers (``finetune="genes"``) or the whole network (``"all"``) are trained on ``X`` for
+        a few epochs. This autoencoder is not changed.
+
+        Parameters
+        ----------
+        X : array-like, sparse matrix, DataFrame of shape (n_cells, n_genes), or OnDiskCells
+            The user's cells, with gene names (DataFrame columns, ``feature_names`` or an
+            ``OnDiskCells``' ``var_names``). Counts if this autoencoder models counts.
+        y : array-like of shape (n_cells,), optional
+            Cell types, only to balance the minibatches, as in :meth:`fit`.
+        feature_names : array-like of str, optional
+            Gene names of ``X`` when it has no column names.
+        min_overlap : float in [0, 1], default=0.5
+            The least fraction of ``X``'s genes that this autoencoder must know; less is refused
+            before any training (the report is :meth:`gene_overlap`).
+        max_epochs : int or None, default=None
+            Fine-tuning passes over ``X``. ``None`` is about 1000 optimiser steps (5 to 50
+            epochs), or none at all when ``X`` has exactly this autoencoder's genes in another
+            order (the surgery is then exact). 0 only transplants the weights.
+        finetune : {"genes", "all"}, default="genes"
+            Train only the gene-specific layers (input and output layers, dispersions), keeping
+            the pretrained trunk and so its latent space, or the whole network.
+        random_state : int, RandomState instance or None, default=None
+            ``None`` uses this autoencoder's ``random_state``.
+
+        Returns
+        -------
+        CellAutoencoder
+            Fitted, on this autoencoder's device, with ``feature_names_in_`` the genes of ``X``,
+            ``history_`` the fine-tuning losses and ``gene_overlap_`` the overlap report.
+            With ``verbose``, the overlap is printed (to stderr).
+        """
+        check_is_fitted(self, "module_")
+        _utils.check_trainer_kwargs(self.trainer_kwargs)
+        on_disk = isinstance(X, OnDiskCells)
+        names = _utils.resolve_feature_names(X.signature() if on_disk else X, feature_names)
+        index, report = self._align(X.shape[1], names, min_overlap)
+        if not on_disk:
+            X = _utils.check_matrix(X, min_rows=2)
+        sample = X.sample() if on_disk else X
+        _utils.decide_likelihood(sample, self.likelihood_)  # an NB encoder needs counts
+        codes = _class_codes(y, X.shape[0])
+        exact = report["n_new"] == 0 and report["n_missing"] == 0
+        if max_epochs is None:
+            max_epochs = 0 if exact else _default_epochs(X.shape[0], self.batch_size, 1000, 5, 50)
+        seed = _utils.seed_from(self.random_state if random_state is None else random_state)
+        if self.verbose:
+            print(f"scaug: adapting the autoencoder to {report['n_genes']} genes: "
+                  f"{report['n_shared']} shared, {report['n_new']} new, {report['n_missing']} of "
+                  f"its {report['n_encoder_genes']} genes missing from X (overlap "
+                  f"{100 * report['overlap']:.1f} %, min_overlap {100 * min_overlap:g} %)",
+                  file=sys.stderr)
+        device = self.device_
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), \
+                _utils.flush_denormal():
+            torch.manual_seed(seed)
+            module = AutoencoderModule(len(names), int(self.n_latent), tuple(self.hidden),
+                                       self.likelihood_, self.dispersion)
+            nonnegative, moments = self.nonnegative_, None
+            if self.likelihood_ == "gaussian":
+                mean, scale, nonnegative = X.gene_moments() if on_disk else _gene_moments(X)
+                moments = (mean, scale)
+            _transplant(self.module_, module, index, moments=moments,
+                        shares=_mean_shares(sample) if self.likelihood_ == "nb" else None)
+            history = []
+            if max_epochs:
+                frozen = [p for k, p in module.named_parameters()
+                          if finetune == "genes" and not k.startswith(_GENE_LAYERS)]
+                for p in frozen:
+                    p.requires_grad_(False)
+                try:
+                    history = list(self._train(module, X, codes, n_epochs=max_epochs, seed=seed,
+                                               device=device, verbose=self.verbose,
+                                               desc="adapting").history)
+                finally:
+                    for p in frozen:
+                        p.requires_grad_(True)
+        new = clone(self)
+        new.module_ = module.eval()
+        new.likelihood_ = self.likelihood_
+        new.nonnegative_ = bool(nonnegative)
+        new.n_features_in_ = len(names)
+        new.feature_names_in_ = np.asarray(names, dtype=object)
+        new.history_ = history
+        new.gene_overlap_ = report
+        new._set_runtime(device)
+        return new
 
     def transform(self, X, batch_size: int = 4096) -> np.ndarray:
         """Latent representation of the cells ``X``, computed batch by batch."""
@@ -281,6 +526,7 @@ class CellAutoencoder(TransformerMixin, BaseEstimator):
             "feature_names_in": None if names is None else _utils.to_plain_list(names),
             "module": {k: v.detach().cpu() for k, v in self.module_.state_dict().items()},
             "history": [float(v) for v in self.history_],
+            "gene_overlap": getattr(self, "gene_overlap_", None),
         }
 
     @classmethod
@@ -298,6 +544,8 @@ class CellAutoencoder(TransformerMixin, BaseEstimator):
         ae.module_.load_state_dict(state["module"])
         ae.module_.eval()
         ae.history_ = state["history"]
+        if state.get("gene_overlap") is not None:  # an adapted autoencoder (see adapt)
+            ae.gene_overlap_ = dict(state["gene_overlap"])
         ae._set_runtime(_utils.resolve_device(device))
         return ae
 

@@ -76,6 +76,15 @@ class SCLD(BaseEstimator):
         ``CellAutoencoder`` is a template: :meth:`fit` trains a clone of it (its own settings, with
         this model's ``random_state``, ``device`` and ``verbose``, and ``max_epochs`` capped by
         this model's).
+
+        A pretrained autoencoder whose genes (by name) differ from ``X``'s is adapted to them
+        first (:meth:`CellAutoencoder.adapt`: shared genes' weights copied, the trunk kept, the
+        gene-specific layers fine-tuned on ``X`` for ``max_epochs`` or its default), so the model
+        generates exactly ``X``'s genes in ``X``'s order; ``X`` in the same genes in another
+        order is only reordered. See ``docs/transfer.md``.
+    min_gene_overlap : float in [0, 1], default=0.5
+        For a pretrained autoencoder with other genes: the least fraction of ``X``'s genes it
+        must know; less is refused before any training.
     n_latent : int, default=16
         Latent dimension of an autoencoder trained from scratch (``autoencoder=None``).
     ae_hidden : tuple of int, default=(256, 128)
@@ -140,6 +149,10 @@ class SCLD(BaseEstimator):
     Attributes
     ----------
     autoencoder_ : CellAutoencoder
+    gene_overlap_ : dict or None
+        How ``X``'s genes met those of the given pretrained autoencoder (``n_shared``,
+        ``n_missing``, ``n_new``, ``overlap``; see :meth:`CellAutoencoder.gene_overlap`) when
+        :meth:`fit` adapted it to them; None otherwise.
     denoiser_ : scaug.nn.Denoiser
         EMA weights of the denoiser.
     classifier_ : scaug.nn.LatentClassifier or None
@@ -180,6 +193,7 @@ class SCLD(BaseEstimator):
 
     _parameter_constraints: dict = {
         "autoencoder": [None, CellAutoencoder, str, os.PathLike],
+        "min_gene_overlap": [Interval(Real, 0, 1, closed="both")],
         "n_latent": [_utils.PositiveInt()],
         "ae_hidden": [_utils.PositiveIntTuple()],
         "width": [_utils.PositiveInt()],
@@ -206,7 +220,8 @@ class SCLD(BaseEstimator):
         "verbose": ["boolean"],
     }
 
-    def __init__(self, *, autoencoder=None, n_latent=16, ae_hidden=(256, 128), width=128, depth=3,
+    def __init__(self, *, autoencoder=None, min_gene_overlap=0.5, n_latent=16, ae_hidden=(256, 128),
+                 width=128, depth=3,
                  max_epochs=None, diffusion_steps=None, batch_size=256, learning_rate=1e-3,
                  label_dropout=0.15, latent_smoothing=4.0, guidance_scale=1.0, classifier_scale=0.0,
                  screening=False, screening_threshold=0.5, screening_quantile=0.9,
@@ -214,6 +229,7 @@ class SCLD(BaseEstimator):
                  trainer_kwargs=None, cpu_threads=1, device="auto", random_state=None,
                  verbose=True):
         self.autoencoder = autoencoder
+        self.min_gene_overlap = min_gene_overlap
         self.n_latent = n_latent
         self.ae_hidden = ae_hidden
         self.width = width
@@ -301,7 +317,8 @@ class SCLD(BaseEstimator):
             (``docs/fidelity_10shot.md``).
         feature_names : array-like of str, optional
             Gene names for input without column names (an AnnData's ``var_names``); a saved
-            model then refuses data with other genes.
+            model then refuses data with other genes, and a pretrained ``autoencoder`` with other
+            genes is aligned to these by name (see ``min_gene_overlap``).
 
         Returns
         -------
@@ -326,8 +343,10 @@ class SCLD(BaseEstimator):
                                  "model without labels, or label some cells.")
             _utils.check_sortable(y[~unlabelled])
         ae = self._pretrained_autoencoder(device)
+        overlap = None
         if ae is not None:
-            ae.check_genes(_utils.GeneSignature(X.shape, names))
+            # other genes (by name) are aligned, or refused before any training
+            overlap = ae._overlap_or_none(X.shape[1], names, float(self.min_gene_overlap))
             if ae.likelihood_ == "nb" and not _utils.is_count_matrix(X.sample() if on_disk else X):
                 raise ValueError("The given autoencoder models counts, but X is not integer counts.")
         else:
@@ -337,6 +356,12 @@ class SCLD(BaseEstimator):
         seed = _utils.seed_from(self.random_state)
         if ae is None:
             ae = self._new_autoencoder(device, seed).fit(X, feature_names=names)
+        elif overlap is not None:  # a private copy, so its settings may change
+            reordered = overlap["n_new"] == 0 and overlap["n_missing"] == 0
+            ae = ae.set_params(verbose=self.verbose, trainer_kwargs=self.trainer_kwargs,
+                               cpu_threads=None).adapt(
+                X, feature_names=names, min_overlap=float(self.min_gene_overlap),
+                max_epochs=0 if reordered else self.max_epochs, random_state=seed)
         Z, library = X.encode(ae) if on_disk else (ae._latents(X), _utils.row_sums(X))
         if y is None:
             classes = None
@@ -392,6 +417,7 @@ class SCLD(BaseEstimator):
         # all or nothing: the fitted state is set only once every stage has finished
         _utils.drop_fitted_state(self)
         self.autoencoder_ = ae
+        self.gene_overlap_ = overlap
         self.counts_ = counts
         self.n_features_in_ = X.shape[1]
         if names is not None:
@@ -547,6 +573,7 @@ class SCLD(BaseEstimator):
             "format_version": _utils.FORMAT_VERSION, "class": "SCLD", "params": params,
             "random_state": self.random_state if isinstance(self.random_state, int) else None,
             "autoencoder": self.autoencoder_._state(),
+            "gene_overlap": self.gene_overlap_,
             "denoiser": weights(self.denoiser_), "classifier": weights(self.classifier_),
             "classes": None if self.classes_ is None else _utils.to_plain_list(self.classes_),
             "classes_dtype": None if self.classes_ is None else str(self.classes_.dtype),
@@ -574,6 +601,7 @@ class SCLD(BaseEstimator):
         model = cls(**params, device=device, random_state=state["random_state"])
         dev = _utils.resolve_device(device)
         model.autoencoder_ = CellAutoencoder._from_state(state["autoencoder"], device=device)
+        model.gene_overlap_ = state.get("gene_overlap")
         model.counts_ = model.autoencoder_.likelihood_ == "nb"
         if state["classes"] is None:
             model.classes_ = None

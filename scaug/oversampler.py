@@ -73,7 +73,10 @@ class SCLDOverSampler(BaseOverSampler):
           that sampling sets its ``sampling_report_``.
         - The path of a model saved with :meth:`SCLD.save`: load it (on ``device``) and reuse it.
         - A fitted :class:`~scaug.CellAutoencoder` (or the path of a saved one): train a new SCLD
-          on top of it; only the diffusion part is trained, the autoencoder stays frozen.
+          on top of it; only the diffusion part is trained, the autoencoder stays frozen. On a
+          DataFrame with other gene columns, a copy of it is first adapted to them by name
+          (:meth:`CellAutoencoder.adapt`; ``scld_params={"min_gene_overlap": ...}``), and the
+          synthetic cells have exactly ``X``'s columns.
 
         scikit-learn's :func:`~sklearn.base.clone` (used by ``cross_val_score``,
         ``GridSearchCV`` ...) replaces an estimator parameter by an *unfitted* copy; to reuse a
@@ -263,7 +266,12 @@ class SCLDOverSampler(BaseOverSampler):
 
         if isinstance(model, SCLD):
             check_is_fitted(model, "denoiser_")
-            model.check_genes(_utils.GeneSignature(X.shape, getattr(self, "feature_names_in_", None)))
+            try:
+                model.check_genes(_utils.GeneSignature(X.shape, getattr(self, "feature_names_in_", None)))
+            except ValueError as err:
+                raise ValueError(f"{err} To reuse its autoencoder on X's genes instead, pass "
+                                 "model=<the SCLD>.autoencoder_: a new SCLD is then trained on a "
+                                 "copy of it adapted to X's genes (docs/transfer.md).") from err
             if model.classes_ is None:
                 raise ValueError("The given SCLD was fitted without labels; it cannot generate "
                                  "cells of chosen classes. Fit it with y.")
