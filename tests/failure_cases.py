@@ -22,6 +22,7 @@ from pathlib import Path
 
 import anndata as ad
 import numpy as np
+import pandas as pd
 import scipy.sparse as sp
 from sklearn.exceptions import NotFittedError
 from sklearn.utils._param_validation import InvalidParameterError
@@ -494,4 +495,182 @@ CASES = [
     Case(D, "simulate", "random_state='seed'",
          lambda t: datasets.simulate(random_state="seed"),
          raises(IPE, "The 'random_state' parameter of simulate")),
+]
+
+
+# ----------------------------------------------------------------------------------------------
+# the model layer: SCLD, CellAutoencoder, SCLDOverSampler, scaug.tl and the command line
+# ----------------------------------------------------------------------------------------------
+def _tiny(**kw):
+    from scaug import SCLD
+
+    return SCLD(**{"n_latent": 2, "ae_hidden": (8,), "width": 8, "depth": 1, "max_epochs": 1,
+                   "diffusion_steps": 3, "n_sample_steps": 2, "verbose": False, "device": "cpu",
+                   "random_state": 0, **kw})
+
+
+_FITTED = {}
+
+
+def _model(kind="counts"):
+    """A tiny fitted SCLD, built once: on counts, on uint8 counts, or on named genes."""
+    if kind not in _FITTED:
+        X, y = _counts(40, 6).astype(np.int64), np.repeat(["a", "b"], 20)
+        if kind == "uint8":
+            X = X.astype(np.uint8)
+        names = [f"g{i}" for i in range(6)] if kind == "named" else None
+        _FITTED[kind] = _tiny().fit(X, y, feature_names=names)
+    return _FITTED[kind]
+
+
+def _with(X, row, col, value):
+    X = X.copy()
+    X[row, col] = value
+    return X
+
+
+def _huge_libraries():
+    model = _model("uint8")
+    saved = model.type_summaries_.library_quantiles.copy()
+    model.type_summaries_.library_quantiles[:] = np.log(1e5)
+    try:
+        return model.sample({"a": 3}, random_state=0)[0].dtype
+    finally:
+        model.type_summaries_.library_quantiles[:] = saved
+
+
+def _old_format(t):
+    import torch
+
+    from scaug import SCLD
+
+    torch.save({"format_version": 1, "class": "SCLD"}, t / "old.scld")
+    return SCLD.load(t / "old.scld")
+
+
+def _cli(*argv):
+    import contextlib
+    import io
+
+    from scaug.cli import main
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        code = main(list(argv))
+    return code, err.getvalue().strip().count("\n") + 1
+
+
+def _sampler(**kw):
+    from scaug import SCLDOverSampler
+
+    return SCLDOverSampler(max_epochs=1, n_sample_steps=2, device="cpu",
+                           scld_params={"n_latent": 2, "ae_hidden": (8,), "width": 8, "depth": 1,
+                                        "diffusion_steps": 3}, **kw)
+
+
+S, O, A, T, C = "SCLD", "SCLDOverSampler", "CellAutoencoder", "tl", "cli"
+XC, YC = _counts(40, 6), np.repeat(["a", "b"], 20)
+
+
+def _ae(**kw):
+    from scaug import CellAutoencoder
+
+    return CellAutoencoder(**{"n_latent": 2, "hidden": (8,), "max_epochs": 1, "verbose": False,
+                              **kw})
+
+
+CASES += [
+    Case(S, "SCLD.fit", "an AnnData instead of a matrix",
+         lambda t: _tiny().fit(ad.AnnData(XC), YC), raises(TypeError, "scaug.tl.fit")),
+    Case(S, "SCLD.fit", "counts with one negative entry",
+         lambda t: _tiny().fit(_with(XC, 0, 0, -1.0), YC), raises(ValueError, "looks like counts")),
+    Case(S, "SCLD.fit", "counts with one non-integer entry",
+         lambda t: _tiny().fit(_with(XC, 0, 0, 0.5), YC), raises(ValueError, "looks like counts")),
+    Case(S, "SCLD.fit", "labels mixing strings and integers",
+         lambda t: _tiny().fit(XC, np.array(["a"] * 39 + [3], dtype=object)),
+         raises(ValueError, "mixes string labels")),
+    Case(S, "SCLD.fit", "every label -1",
+         lambda t: _tiny().fit(XC, np.full(40, -1)), raises(ValueError, "Every label in y is -1")),
+    Case(S, "SCLD.fit", "the string '-1' as a label",
+         lambda t: _tiny().fit(XC, np.array(["a"] * 39 + ["-1"])),
+         raises(ValueError, "holds the string '-1'")),
+    Case(S, "SCLD.fit", "NaN in X",
+         lambda t: _tiny().fit(_with(XC, 1, 1, np.nan), YC), raises(ValueError, "NaN")),
+    Case(S, "SCLD.fit", "duplicate gene names",
+         lambda t: _tiny().fit(XC, YC, feature_names=["g"] * 6), raises(ValueError, "duplicate")),
+    Case(S, "SCLD.fit", "learning_rate=0",
+         lambda t: _tiny(learning_rate=0.0).fit(XC, YC),
+         raises(IPE, "The 'learning_rate' parameter of SCLD")),
+    Case(S, "SCLD.fit", "n_latent=True",
+         lambda t: _tiny(n_latent=True).fit(XC, YC), raises(IPE, "The 'n_latent' parameter of SCLD")),
+    Case(S, "SCLD.fit", "ae_hidden=(0,)",
+         lambda t: _tiny(ae_hidden=(0,)).fit(XC, YC), raises(IPE, "The 'ae_hidden' parameter")),
+    Case(S, "SCLD.fit", "screening_quantile=0",
+         lambda t: _tiny(screening_quantile=0.0).fit(XC, YC),
+         raises(IPE, "The 'screening_quantile' parameter")),
+    Case(S, "SCLD.fit", "screening_tolerance=-1",
+         lambda t: _tiny(screening_tolerance=-1.0).fit(XC, YC),
+         raises(IPE, "The 'screening_tolerance' parameter")),
+    Case(S, "SCLD.fit", "trainer_kwargs setting max_epochs",
+         lambda t: _tiny(trainer_kwargs={"max_epochs": 3}).fit(XC, YC),
+         raises(ValueError, "trainer_kwargs may not set ['max_epochs']")),
+    Case(S, "SCLD.sample", "a request of 10**9 cells",
+         lambda t: _model().sample({"a": 10**9}), raises(ValueError, "more than max_cells")),
+    Case(S, "SCLD.sample", "a request of 60.7 cells",
+         lambda t: _model().sample({"a": 60.7}), raises(ValueError, "must be an int >= 0")),
+    Case(S, "SCLD.sample", "an unknown type",
+         lambda t: _model().sample({"nope": 3}), raises(ValueError, "Unknown cell type 'nope'")),
+    Case(S, "SCLD.sample", "guidance_scale=-1",
+         lambda t: _model().sample({"a": 3}, guidance_scale=-1.0),
+         raises(IPE, "The 'guidance_scale' parameter of SCLD")),
+    Case(S, "SCLD.sample", "an unfitted model",
+         lambda t: _tiny().sample(3), raises(NotFittedError, "not fitted")),
+    Case(S, "SCLD.sample", "uint8 counts, synthetic counts above 255",
+         lambda t: _huge_libraries(),
+         warns(UserWarning, "does not fit the input's dtype uint8", _is(np.dtype(np.int32)),
+               "int32")),
+    Case(S, "SCLD.check_genes", "an unnamed matrix for a model fitted on named genes",
+         lambda t: _model("named").check_genes(XC),
+         warns(UserWarning, "X has no gene names", _is(None), "None")),
+    Case(S, "SCLD.check_genes", "other gene names",
+         lambda t: _model("named").check_genes(pd.DataFrame(XC, columns=list("uvwxyz"))),
+         raises(ValueError, "gene names differ")),
+    Case(S, "SCLD.save", "a file that exists, overwrite=False",
+         lambda t: _model().save(_write_bytes(t, "m.scld", b"x") / "m.scld"),
+         raises(FileExistsError, "overwrite=True")),
+    Case(S, "SCLD.load", "a file of model format 1",
+         _old_format, raises(ValueError, "written in scaug model format 1")),
+    Case(S, "SCLD.load", "a file that is not a model",
+         lambda t: __import__("scaug").SCLD.load(_write_bytes(t, "x.scld", b"garbage") / "x.scld"),
+         raises(ValueError, "is not a scaug model file")),
+    Case(A, "CellAutoencoder.fit", "likelihood='nb' on log-normalised data",
+         lambda t: _ae(likelihood="nb").fit(_log(40, 6)), raises(ValueError, "needs raw counts")),
+    Case(A, "CellAutoencoder.fit", "latent_noise=NaN",
+         lambda t: _ae(latent_noise=float("nan")).fit(XC),
+         raises(IPE, "The 'latent_noise' parameter")),
+    Case(A, "CellAutoencoder.fit", "class_balance=2",
+         lambda t: _ae(class_balance=2.0).fit(XC), raises(IPE, "The 'class_balance' parameter")),
+    Case(O, "SCLDOverSampler.fit_resample", "sampling_strategy asking for 60.7 cells",
+         lambda t: _sampler(sampling_strategy={"a": 60.7}).fit_resample(XC, YC),
+         raises(ValueError, "not whole")),
+    Case(O, "SCLDOverSampler.fit_resample", "string labels mixed with -1",
+         lambda t: _sampler().fit_resample(XC, np.array(["a"] * 20 + [-1] * 20, dtype=object)),
+         raises(ValueError, "mixes string class labels with -1")),
+    Case(O, "SCLDOverSampler.fit_resample", "an unfitted SCLD as model",
+         lambda t: _sampler(model=_tiny()).fit_resample(XC, YC),
+         raises(ValueError, "model is an unfitted SCLD")),
+    Case(T, "tl.augment", "a labels_key that is not in obs",
+         lambda t: __import__("scaug").tl.augment(ad.AnnData(XC), "cell_type"),
+         raises(KeyError, "is not a column of adata.obs")),
+    Case(T, "tl.augment", "a layer that does not exist",
+         lambda t: __import__("scaug").tl.augment(
+             ad.AnnData(XC, obs=pd.DataFrame({"cell_type": YC})), "cell_type", layer="counts"),
+         raises(KeyError, "layer 'counts' is not in adata.layers")),
+    Case(C, "scaug augment", "an input file that does not exist",
+         lambda t: _cli("augment", str(t / "missing.h5ad"), "-o", str(t / "out.h5ad"),
+                        "--labels-key", "cell_type"),
+         returns(_is((2, 1)), "exit status 2, one line on stderr")),
+    Case(C, "scaug sample", "a model file that does not exist",
+         lambda t: _cli("sample", str(t / "missing.scld"), "--n", "a=3", "-o", str(t / "o.h5ad")),
+         returns(_is((2, 1)), "exit status 2, one line on stderr")),
 ]
