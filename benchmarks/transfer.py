@@ -1,0 +1,303 @@
+"""Transfer: an encoder pretrained on pbmc3k's 32,738 genes, reused on data with other genes.
+
+What reusing a pretrained :class:`scaug.CellAutoencoder` buys, against an encoder trained on the
+target data alone. Two targets, each split half/half per seed (stratified), its three largest
+types capped at 10 labelled training cells (rare to every generator, while up to 300 held-out
+cells of each judge the synthetic ones):
+
+- ``pbmc68k_reduced``: 700 cells x 765 genes (other genes, in another order: all 765 among
+  pbmc3k's), the encoder pretrained without labels on all 2,638 pbmc3k cells;
+- ``pbmc3k held-out half``: the half of pbmc3k's cells the encoder never saw, restricted to its
+  2,000 most variable genes (chosen on that half, no labels), the encoder pretrained without
+  labels on the other half with all genes.
+
+Arms (SCLD with its defaults, fitted on the capped training split):
+
+- ``no augmentation`` (downstream only);
+- ``target alone``: SCLD trains its own autoencoder on the capped training split;
+- ``pretrained, gene layers``: ``SCLD(autoencoder=pretrained)``: the encoder adapted to the
+  target's genes (:meth:`CellAutoencoder.adapt`, the default ``finetune="genes"``: input and
+  output layers fine-tuned on the training split, trunk kept);
+- ``pretrained, whole net``: ``pretrained.adapt(..., finetune="all")`` passed to SCLD.
+
+Per capped type: ``c2st_auc`` (scaug.metrics, log-normalised, 0.5 = indistinguishable) of as
+many synthetic cells as held-out cells against those held-out cells, and the copy check
+``dcr_ratio`` (scaug.metrics: median distance to the closest of the type's 10 training cells,
+synthetic over held-out; near 0 = copies, about 1 = as new as real cells); downstream, the F1 of
+each capped type for a logistic regression on log-normalised counts, trained on the capped split
+plus 100 synthetic cells of each capped type, tested on the held-out half. Means over the capped
+types per seed, then mean and sd over seeds.
+
+    SCAUG_DATA_DIR=../shared/data python benchmarks/transfer.py --seeds 0 1 2   # the full run
+    SCAUG_DATA_DIR=../shared/data python benchmarks/transfer.py --quick         # smoke test
+
+``--quick``: one seed, tiny networks and few steps: it checks that the script runs, its figures
+say nothing about transfer. Writes transfer_results.md and transfer_results.json into
+--out-dir (default docs/).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import shlex
+import sys
+import time
+import warnings
+
+import numpy as np
+import scanpy as sc
+import scipy.sparse as sp
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import f1_score
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import DOCS, THREADS, code_version, machine, rare_split, write_json  # noqa: E402
+
+from scaug import SCLD, CellAutoencoder, datasets, metrics  # noqa: E402
+from scaug.metrics import DegenerateInputWarning  # noqa: E402
+from scaug.preprocessing import NormalizeLog1p  # noqa: E402
+
+TARGETS = ("pbmc68k_reduced", "pbmc3k held-out half")
+NO_AUG, ALONE, GENES, WHOLE = ("no augmentation", "target alone", "pretrained, gene layers",
+                               "pretrained, whole net")
+REFERENCE = "reference: held-out real vs real"
+#: the settings of each mode, in full, so that a change of scaug's defaults never changes a row
+FULL = dict(ae={}, scld={}, n_heldout=300, n_synthetic=100, n_hvg=2000, seeds=[0, 1, 2])
+QUICK = dict(ae=dict(n_latent=4, hidden=(32,), max_epochs=1),
+             scld=dict(n_latent=4, ae_hidden=(32,), width=16, depth=1, max_epochs=1,
+                       diffusion_steps=20, n_sample_steps=5),
+             n_heldout=40, n_synthetic=20, n_hvg=300, seeds=[0])
+
+
+def log_counts(X):
+    return NormalizeLog1p().fit_transform(X)
+
+
+def hvg(adata, n_top):
+    """The ``n_top`` most variable genes of ``adata`` (scanpy's seurat flavour), in its order."""
+    lognorm = adata.copy()
+    sc.pp.normalize_total(lognorm, target_sum=1e4)
+    sc.pp.log1p(lognorm)
+    sc.pp.highly_variable_genes(lognorm, n_top_genes=n_top, flavor="seurat")
+    import torch  # scanpy resets the OpenMP thread count, and torch's with it
+
+    torch.set_num_threads(THREADS)
+    return adata[:, lognorm.var["highly_variable"].to_numpy()].copy()
+
+
+def targets(seed, settings, verbose):
+    """``(name, X, y, genes, pretrained encoder, pretraining seconds)`` for each target."""
+    source = datasets.load("pbmc3k")
+    y_src = source.obs["cell_type"].astype(str).to_numpy()
+    rng = np.random.default_rng(seed)
+    # the pbmc3k half the encoder never sees, stratified by type
+    held = np.sort(np.concatenate([rng.permutation(np.flatnonzero(y_src == t))[: (y_src == t).sum() // 2]
+                                   for t in np.unique(y_src)]))
+    seen = np.setdiff1d(np.arange(source.n_obs), held)
+    out = []
+    for name, cells in (("pbmc68k_reduced", np.arange(source.n_obs)), ("pbmc3k held-out half", seen)):
+        t0 = time.perf_counter()
+        ae = CellAutoencoder(random_state=seed, verbose=verbose, **settings["ae"])
+        ae.fit(source.X[cells], feature_names=list(source.var_names))
+        pretrain_s = time.perf_counter() - t0
+        if name == "pbmc68k_reduced":
+            target = datasets.pbmc68k_reduced()
+        else:
+            target = hvg(source[held], settings["n_hvg"])
+        out.append((name, target.X.tocsr().astype(np.float32),
+                    target.obs["cell_type"].astype(str).to_numpy(), list(target.var_names), ae,
+                    pretrain_s))
+    return out
+
+
+def fit_arms(X, y, genes, pretrained, seed, settings, verbose):
+    """The fitted SCLD of each arm, and the seconds each fit took."""
+    models, fit_s = {}, {}
+    common = dict(random_state=seed, verbose=verbose, **settings["scld"])
+    for arm in (ALONE, GENES, WHOLE):
+        t0 = time.perf_counter()
+        if arm == ALONE:
+            ae = None
+        elif arm == GENES:
+            ae = pretrained
+        else:
+            ae = pretrained.adapt(X, feature_names=genes, finetune="all",
+                                  max_epochs=settings["scld"].get("max_epochs"), random_state=seed)
+        models[arm] = SCLD(autoencoder=ae, **common).fit(X, y, feature_names=genes)
+        fit_s[arm] = time.perf_counter() - t0
+    return models, fit_s
+
+
+def run(seed, settings, verbose):
+    rows, info = [], {}
+    for name, X, y, genes, pretrained, pretrain_s in targets(seed, settings, verbose):
+        train, test, capped = rare_split(y, seed=seed, cap=10, test_size=0.5, largest=True)
+        models, fit_s = fit_arms(X[train], y[train], genes, pretrained, seed, settings, verbose)
+        info[name] = {"pretrain_s": pretrain_s, "fit_s": fit_s, "capped": capped,
+                      "gene_overlap": models[GENES].gene_overlap_,
+                      "n_cells": int(X.shape[0]), "n_genes": int(X.shape[1])}
+        X_log = log_counts(X)
+        for t in capped:
+            held = test[y[test] == t][: settings["n_heldout"]]
+            own = train[y[train] == t]
+            half = len(held) // 2
+            base = dict(target=name, seed=seed, type=t, n_train=len(own), n_heldout=len(held))
+            rows.append(dict(base, arm=REFERENCE, c2st_auc=metrics.c2st_auc(
+                X_log[held[:half]], X_log[held[half:]], random_state=seed)))
+            for arm, model in models.items():
+                Xs, _ = model.sample({t: len(held)}, random_state=seed)
+                syn_log = log_counts(Xs)
+                rows.append(dict(base, arm=arm,
+                                 c2st_auc=metrics.c2st_auc(X_log[held], syn_log, random_state=seed),
+                                 dcr_ratio=metrics.dcr_ratio(X_log[own], syn_log, X_log[held],
+                                                             random_state=seed)))
+        # downstream: the capped types' F1 on the held-out half
+        for arm in (NO_AUG, *models):
+            X_fit, y_fit = X_log[train], y[train]
+            if arm != NO_AUG:
+                Xs, ys = models[arm].sample({t: settings["n_synthetic"] for t in capped},
+                                            random_state=seed)
+                X_fit = sp.vstack([X_fit, sp.csr_matrix(log_counts(Xs))]).tocsr()
+                y_fit = np.concatenate([y_fit, ys])
+            clf = LogisticRegression(max_iter=2000).fit(X_fit, y_fit)
+            f1 = f1_score(y[test], clf.predict(X_log[test]), labels=capped, average=None,
+                          zero_division=0)
+            for t, v in zip(capped, f1, strict=True):
+                match = [r for r in rows if r["target"] == name and r["type"] == t
+                         and r["arm"] == arm]
+                if match:
+                    match[0]["f1"] = float(v)
+                else:
+                    rows.append(dict(target=name, seed=seed, type=t, arm=arm, f1=float(v)))
+    return rows, info
+
+
+def summary(rows, metric):
+    """``{(target, arm): (mean, sd, n seeds)}`` of the per-seed means over the capped types."""
+    per_seed = {}
+    for r in rows:
+        if metric in r and np.isfinite(r[metric]):
+            per_seed.setdefault((r["target"], r["arm"]), {}).setdefault(r["seed"], []).append(r[metric])
+    return {k: (float(np.mean([np.mean(v) for v in s.values()])),
+                float(np.std([np.mean(v) for v in s.values()], ddof=1)) if len(s) > 1 else float("nan"),
+                len(s)) for k, s in per_seed.items()}
+
+
+def fmt(cell):
+    if cell is None:
+        return ""
+    mean, sd, _ = cell
+    return f"{mean:.3f}" if not np.isfinite(sd) else f"{mean:.3f} ± {sd:.3f}"
+
+
+def verdicts(tables):
+    """One sentence per target and pretrained arm: did reuse help, against the target alone."""
+    lines = []
+    for target in TARGETS:
+        for arm in (GENES, WHOLE):
+            parts = []
+            for metric, better, what in (("c2st_auc", -1, "two-sample AUC"),
+                                         ("dcr_ratio", None, "copy ratio"),
+                                         ("f1", 1, "rare-type F1")):
+                a, b = tables[metric].get((target, arm)), tables[metric].get((target, ALONE))
+                if a is None or b is None:
+                    continue
+                if better is None:
+                    parts.append(f"{what} {a[0]:.2f} vs {b[0]:.2f}")
+                elif min(a[2], b[2]) < 2:
+                    parts.append(f"{what} {a[0]:.3f} vs {b[0]:.3f} (one seed: no spread to judge by)")
+                elif abs(a[0] - b[0]) <= max(a[1], b[1]):
+                    parts.append(f"{what} {a[0]:.3f} vs {b[0]:.3f}: no difference beyond the "
+                                 "spread over seeds")
+                else:
+                    word = "better" if (a[0] - b[0]) * better > 0 else "WORSE"
+                    parts.append(f"{what} {a[0]:.3f} vs {b[0]:.3f} ({word})")
+            lines.append(f"- **{target}, {arm}** against the target alone: " + "; ".join(parts) + ".")
+    return lines
+
+
+def report(rows, info, args, settings, command, elapsed):
+    metric_names = ("c2st_auc", "dcr_ratio", "f1")
+    tables = {m: summary(rows, m) for m in metric_names}
+    date = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    lines = ["# Transfer of a pretrained encoder to other genes", ""]
+    if args.quick:
+        lines += ["> **Quick mode** (`--quick`): one seed, tiny networks and few steps. This run "
+                  "checks that the benchmark works; its figures say nothing about transfer. The "
+                  "full run, not yet made on this shared machine, is "
+                  "`SCAUG_DATA_DIR=../shared/data python benchmarks/transfer.py --seeds 0 1 2`.",
+                  ""]
+    lines += [f"Made by `{command}` on {date}, {machine()}; seeds "
+              f"{settings['seeds']}; {elapsed / 60:.1f} min on a machine shared with other jobs "
+              "(timings are indicative).", "",
+              "How it was measured: see the docstring of `benchmarks/transfer.py` and "
+              "[the transfer guide](transfer.md). Per target, half of the cells train (the three "
+              "largest types capped at 10 labelled cells), half judge; `c2st_auc` 0.5 = "
+              "indistinguishable from held-out real cells (the reference row compares two halves "
+              "of them); `dcr_ratio` near 0 = copies of the 10 training cells, about 1 = as new "
+              "as real cells; `rare-type F1` of the capped types on the held-out half. Mean over "
+              "the capped types per seed, then mean ± sd over seeds.", ""]
+    for target in TARGETS:
+        if target not in info:
+            continue
+        i = info[target]
+        o = i["gene_overlap"] or {}
+        lines += [f"## {target}", "",
+                  f"{i['n_cells']} cells x {i['n_genes']} genes; capped types {i['capped']}; "
+                  f"gene overlap with the encoder: {o.get('n_shared')} shared, {o.get('n_new')} "
+                  f"new, {o.get('n_missing')} of its {o.get('n_encoder_genes')} genes missing; "
+                  f"pretraining {i['pretrain_s']:.0f} s (seed {args.seeds[0]}).", "",
+                  "| arm | c2st_auc | dcr_ratio | rare-type F1 | fit s |", "|---|---|---|---|---|"]
+        for arm in (REFERENCE, NO_AUG, ALONE, GENES, WHOLE):
+            cells = [fmt(tables[m].get((target, arm))) for m in metric_names]
+            fit = i["fit_s"].get(arm)
+            lines.append(f"| {arm} | " + " | ".join(cells) + f" | {'' if fit is None else f'{fit:.1f}'} |")
+        lines.append("")
+    lines += ["## Does reuse help?", "",
+              *(["Not to be read from a quick run: tiny networks, one seed.", ""] if args.quick else []),
+              *verdicts(tables), "",
+              "Where the pretrained arms are not better than the target alone beyond the spread "
+              "over seeds, reuse did not help on that target with these settings.", ""]
+    text = "\n".join(lines)
+    os.makedirs(args.out_dir, exist_ok=True)
+    with open(os.path.join(args.out_dir, "transfer_results.md"), "w") as fh:
+        fh.write(text)
+    write_json({"command": command, "commit": code_version(), "machine": machine(), "date": date,
+                "quick": args.quick, "seeds": settings["seeds"],
+                "settings": {k: v for k, v in settings.items() if k != "seeds"},
+                "elapsed_s": elapsed, "info": info, "rows": rows},
+               os.path.join(os.path.abspath(args.out_dir), "transfer_results.json"),
+               default=lambda v: v.item() if hasattr(v, "item") else str(v))
+    return text
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true",
+                   help="one seed, tiny networks: a smoke test in minutes, not a benchmark")
+    p.add_argument("--seeds", nargs="+", type=int, default=None)
+    p.add_argument("--out-dir", default=DOCS)
+    p.add_argument("--quiet", action="store_true")
+    args = p.parse_args(argv)
+    settings = dict(QUICK if args.quick else FULL)
+    if args.seeds is not None:
+        settings["seeds"] = args.seeds
+    args.seeds = settings["seeds"]
+    command = shlex.join(["python", "benchmarks/transfer.py", *(argv if argv is not None else sys.argv[1:])])
+    t0 = time.perf_counter()
+    rows, info = [], {}
+    with warnings.catch_warnings():
+        # tiny held-out samples in quick mode; the rows keep the NaNs they give
+        warnings.simplefilter("ignore", DegenerateInputWarning)
+        for seed in settings["seeds"]:
+            r, i = run(seed, settings, verbose=not args.quiet)
+            rows += r
+            info = info or i
+    text = report(rows, info, args, settings, command, time.perf_counter() - t0)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
