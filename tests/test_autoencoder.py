@@ -61,8 +61,13 @@ def test_dataframe_genes_pass_through_scld_with_a_pretrained_autoencoder(data):
     model = SCLD(autoencoder=ae, diffusion_steps=5, width=16, depth=1, verbose=False,
                  device="cpu", random_state=0).fit(df, y)
     assert list(model.feature_names_in_) == genes
+    # the same genes in another order are aligned by name (issue 16), not refused
+    reordered = SCLD(autoencoder=ae, diffusion_steps=5, width=16, depth=1, verbose=False,
+                     device="cpu", random_state=0).fit(df[genes[::-1]], y)
+    assert list(reordered.feature_names_in_) == genes[::-1]
+    assert reordered.gene_overlap_["overlap"] == 1.0 and reordered.autoencoder_.history_ == []
     with pytest.raises(ValueError, match="gene names differ"):
-        SCLD(autoencoder=ae, diffusion_steps=5, verbose=False).fit(df[genes[::-1]], y)
+        reordered.check_genes(df)
 
 
 def _two_noise_levels(rng):
