@@ -13,6 +13,7 @@ import scipy.sparse as sp
 import torch
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import HasMethods
+from sklearn.utils._param_validation import Interval as _SklearnInterval
 
 #: version of the saved-model format; 2: summaries instead of per-cell data, provenance
 FORMAT_VERSION = 2
@@ -343,18 +344,17 @@ class PositiveIntTuple(HasMethods):
         return "a non-empty tuple of positive ints"
 
 
-class PositiveInt(HasMethods):
-    """A parameter constraint: an int >= 1 that is not a bool (``n_latent=True`` is a mistake,
-    which scikit-learn's ``Interval(Integral, ...)`` would accept as 1)."""
+class Interval(_SklearnInterval):
+    """scikit-learn's :class:`~sklearn.utils._param_validation.Interval`, refusing booleans.
 
-    def __init__(self):
-        super().__init__([])
+    ``Interval(Integral, 1, None)`` takes ``True`` as the number 1, which is almost always a
+    mistake (a flag passed where a count belongs, ``n_latent=True``). This subclass gives the
+    same message ("must be an int in the range [1, inf)") for ``True`` and ``False``; every
+    ``_parameter_constraints`` and ``validate_params`` of scaug uses it.
+    """
 
     def is_satisfied_by(self, val):
-        return isinstance(val, Integral) and not isinstance(val, bool | np.bool_) and val >= 1
-
-    def __str__(self):
-        return "an int >= 1 (not a bool)"
+        return not isinstance(val, bool | np.bool_) and super().is_satisfied_by(val)
 
 
 def check_trainer_kwargs(trainer_kwargs) -> None:

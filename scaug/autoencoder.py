@@ -10,7 +10,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 from sklearn.base import BaseEstimator, TransformerMixin, _fit_context, clone
-from sklearn.utils._param_validation import Interval, StrOptions, validate_params
+from sklearn.utils._param_validation import StrOptions, validate_params
 from sklearn.utils.validation import check_is_fitted
 
 from . import _utils
@@ -187,17 +187,17 @@ class CellAutoencoder(TransformerMixin, BaseEstimator):
     """
 
     _parameter_constraints: dict = {
-        "n_latent": [_utils.PositiveInt()],
+        "n_latent": [_utils.Interval(Integral, 1, None, closed="left")],
         "hidden": [_utils.PositiveIntTuple()],
         "likelihood": [StrOptions({"auto", "nb", "gaussian"})],
         "dispersion": [StrOptions({"gene", "gene-cell"})],
-        "max_epochs": [_utils.PositiveInt(), None],
-        "batch_size": [_utils.PositiveInt()],
-        "learning_rate": [Interval(Real, 0, None, closed="neither")],
-        "latent_noise": [Interval(Real, 0, None, closed="left")],
-        "class_balance": [Interval(Real, 0, 1, closed="both")],
+        "max_epochs": [_utils.Interval(Integral, 1, None, closed="left"), None],
+        "batch_size": [_utils.Interval(Integral, 1, None, closed="left")],
+        "learning_rate": [_utils.Interval(Real, 0, None, closed="neither")],
+        "latent_noise": [_utils.Interval(Real, 0, None, closed="left")],
+        "class_balance": [_utils.Interval(Real, 0, 1, closed="both")],
         "trainer_kwargs": [dict, None],
-        "cpu_threads": [_utils.PositiveInt(), None],
+        "cpu_threads": [_utils.Interval(Integral, 1, None, closed="left"), None],
         "device": [str, torch.device],
         "random_state": ["random_state"],
         "verbose": ["boolean"],
@@ -373,8 +373,8 @@ class CellAutoencoder(TransformerMixin, BaseEstimator):
             return None
         return self._align(n_features, names, min_overlap)[1]
 
-    @validate_params({"min_overlap": [Interval(Real, 0, 1, closed="both")],
-                      "max_epochs": [Interval(Integral, 0, None, closed="left"), None],
+    @validate_params({"min_overlap": [_utils.Interval(Real, 0, 1, closed="both")],
+                      "max_epochs": [_utils.Interval(Integral, 0, None, closed="left"), None],
                       "finetune": [StrOptions({"genes", "all"})],
                       "random_state": ["random_state"]},
                      prefer_skip_nested_validation=True)
@@ -491,7 +491,9 @@ class CellAutoencoder(TransformerMixin, BaseEstimator):
     def _latents(self, X, batch_size: int = 4096) -> np.ndarray:
         """Latents of a checked matrix whose genes are known to match."""
         out = np.empty((X.shape[0], self.module_.encoder[-1].out_features), dtype=np.float32)
-        for idx in _utils.iter_batches(X.shape[0], batch_size):
+        # dense blocks of at most 2**24 values (64 MB), whatever the number of genes
+        rows = max(1, min(batch_size, 2**24 // max(X.shape[1], 1)))
+        for idx in _utils.iter_batches(X.shape[0], rows):
             x = torch.as_tensor(_utils.dense_rows(X, idx), device=self.device_)
             out[idx] = self.module_.encode(self.module_.transform_input(x)).cpu().numpy()
         return out

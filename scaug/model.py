@@ -10,7 +10,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 from sklearn.base import BaseEstimator, _fit_context, clone
-from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils._param_validation import StrOptions
 from sklearn.utils.validation import check_is_fitted
 from tqdm.auto import tqdm
 
@@ -193,28 +193,28 @@ class SCLD(BaseEstimator):
 
     _parameter_constraints: dict = {
         "autoencoder": [None, CellAutoencoder, str, os.PathLike],
-        "min_gene_overlap": [Interval(Real, 0, 1, closed="both")],
-        "n_latent": [_utils.PositiveInt()],
+        "min_gene_overlap": [_utils.Interval(Real, 0, 1, closed="both")],
+        "n_latent": [_utils.Interval(Integral, 1, None, closed="left")],
         "ae_hidden": [_utils.PositiveIntTuple()],
-        "width": [_utils.PositiveInt()],
-        "depth": [_utils.PositiveInt()],
-        "max_epochs": [_utils.PositiveInt(), None],
-        "diffusion_steps": [_utils.PositiveInt(), None],
-        "batch_size": [_utils.PositiveInt()],
-        "learning_rate": [Interval(Real, 0, None, closed="neither")],
-        "label_dropout": [Interval(Real, 0, 1, closed="left")],
-        "latent_smoothing": [Interval(Real, 0, None, closed="left")],
-        "guidance_scale": [Interval(Real, 0, None, closed="left")],
-        "classifier_scale": [Interval(Real, 0, None, closed="left")],
+        "width": [_utils.Interval(Integral, 1, None, closed="left")],
+        "depth": [_utils.Interval(Integral, 1, None, closed="left")],
+        "max_epochs": [_utils.Interval(Integral, 1, None, closed="left"), None],
+        "diffusion_steps": [_utils.Interval(Integral, 1, None, closed="left"), None],
+        "batch_size": [_utils.Interval(Integral, 1, None, closed="left")],
+        "learning_rate": [_utils.Interval(Real, 0, None, closed="neither")],
+        "label_dropout": [_utils.Interval(Real, 0, 1, closed="left")],
+        "latent_smoothing": [_utils.Interval(Real, 0, None, closed="left")],
+        "guidance_scale": [_utils.Interval(Real, 0, None, closed="left")],
+        "classifier_scale": [_utils.Interval(Real, 0, None, closed="left")],
         "screening": ["boolean"],
-        "screening_threshold": [Interval(Real, 0, 1, closed="left")],
-        "screening_quantile": [Interval(Real, 0, 1, closed="right")],
-        "screening_tolerance": [Interval(Real, 0, None, closed="neither")],
-        "max_rounds": [_utils.PositiveInt()],
-        "n_sample_steps": [_utils.PositiveInt()],
+        "screening_threshold": [_utils.Interval(Real, 0, 1, closed="left")],
+        "screening_quantile": [_utils.Interval(Real, 0, 1, closed="right")],
+        "screening_tolerance": [_utils.Interval(Real, 0, None, closed="neither")],
+        "max_rounds": [_utils.Interval(Integral, 1, None, closed="left")],
+        "n_sample_steps": [_utils.Interval(Integral, 1, None, closed="left")],
         "sampler": [StrOptions(set(SAMPLERS))],
         "trainer_kwargs": [dict, None],
-        "cpu_threads": [_utils.PositiveInt(), None],
+        "cpu_threads": [_utils.Interval(Integral, 1, None, closed="left"), None],
         "device": [str, torch.device],
         "random_state": ["random_state"],
         "verbose": ["boolean"],

@@ -9,8 +9,9 @@ from numbers import Real
 import numpy as np
 import scipy.sparse as sp
 from sklearn.base import BaseEstimator, OneToOneFeatureMixin, TransformerMixin, _fit_context
-from sklearn.utils._param_validation import Interval
 from sklearn.utils.validation import FLOAT_DTYPES, check_is_fitted, check_non_negative
+
+from . import _utils
 
 try:
     from sklearn.utils.validation import validate_data
@@ -24,17 +25,8 @@ except ImportError:  # scikit-learn < 1.6
 __all__ = ["NormalizeLog1p"]
 
 
-class _NumberInterval(Interval):
-    """scikit-learn's :class:`~sklearn.utils._param_validation.Interval`, refusing booleans.
-
-    ``Interval(Integral, 1, None)`` takes ``True`` as the number 1, which is almost always a
-    mistake (a flag passed where a count belongs). This subclass gives the same message
-    ("must be an int in the range [1, inf)") for ``True`` and ``False``. The metrics and data
-    set functions of scaug use it in their ``validate_params`` constraints.
-    """
-
-    def is_satisfied_by(self, val):
-        return not isinstance(val, (bool, np.bool_)) and super().is_satisfied_by(val)
+#: scikit-learn's Interval refusing booleans (shared by metrics and datasets)
+_NumberInterval = _utils.Interval
 
 
 class NormalizeLog1p(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
