@@ -27,7 +27,8 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-def child(store: str, processes: int, steps: int, warmup: int, batch_size: int, out: str):
+def child(store: str, processes: int, steps: int, warmup: int, batch_size: int, out: str,
+          device: str = "cpu"):
     """One fit, in this process (and, for DDP, the rank Lightning starts beside it)."""
     import warnings
 
@@ -46,10 +47,12 @@ def child(store: str, processes: int, steps: int, warmup: int, batch_size: int, 
         return None
 
     AutoencoderPlan.on_train_batch_start = on_train_batch_start
-    kwargs = {"accelerator": "cpu", "devices": processes, "strategy": "ddp"} if processes > 1 else None
+    accelerator = "gpu" if device.startswith("cuda") else "cpu"
+    kwargs = ({"accelerator": accelerator, "devices": processes, "strategy": "ddp"}
+              if processes > 1 else None)
     t0 = time.perf_counter()
     cells = OnDiskCells(store)
-    CellAutoencoder(max_epochs=1, batch_size=batch_size, verbose=False, device="cpu",
+    CellAutoencoder(max_epochs=1, batch_size=batch_size, verbose=False, device=device,
                     random_state=0, trainer_kwargs=kwargs).fit(cells)
     rank, world = process_rank()
     with open(f"{out}.rank{rank}", "w") as fh:
@@ -64,7 +67,7 @@ def run(store, processes, args, tmp):
     out = os.path.join(tmp, f"{os.path.basename(store)}.{processes}")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     cmd = [sys.executable, os.path.abspath(__file__), "--child", store, str(processes),
-           str(args.steps), str(args.warmup), str(args.batch_size), out]
+           str(args.steps), str(args.warmup), str(args.batch_size), out, args.device]
     subprocess.run(cmd, check=True, env=env)
     ranks = [json.load(open(f"{out}.rank{r}")) for r in range(processes)]
     return {"store": os.path.basename(store), "n_cells": ranks[0]["n_cells"],
@@ -159,8 +162,8 @@ stages (denoiser, classifier) train in memory on the n x 16 latents, on every pr
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "--child":
-        store, processes, steps, warmup, batch, out = argv[1:7]
-        return child(store, int(processes), int(steps), int(warmup), int(batch), out)
+        store, processes, steps, warmup, batch, out, device = argv[1:8]
+        return child(store, int(processes), int(steps), int(warmup), int(batch), out, device)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("folder", help="folder of stores written by benchmarks/atlas_store.py")
     parser.add_argument("--steps", type=int, default=300)
@@ -168,6 +171,8 @@ def main(argv=None):
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--processes", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--max-cells", type=int, default=None, help="skip larger stores")
+    parser.add_argument("--device", default="cpu",
+                        help="cpu, or cuda on a GPU machine (processes are then GPUs)")
     parser.add_argument("--shared", action="store_true",
                         help="say in the report that the machine was shared (throughput is a lower bound)")
     args = parser.parse_args(argv)
