@@ -7,6 +7,11 @@ mistaken for a GPU one). It checks that ``device="auto"`` picks the GPU, then re
 time, sampling throughput (default sampler and DPM-Solver++ at 10 steps; integer counts decoded,
 CSR output) and the peak GPU memory, with the date and the device, into docs/gpu.md and
 docs/gpu.json. Meant to finish in under 5 minutes on one H100/H200-class GPU.
+
+The fit throughput from the 1M-cell on-disk store is the atlas benchmark's, on the GPU:
+
+    python benchmarks/atlas_store.py /tmp/atlas --sizes 1000000
+    python benchmarks/atlas_training.py /tmp/atlas --device cuda --processes 1
 """
 
 from __future__ import annotations
