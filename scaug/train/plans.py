@@ -35,6 +35,19 @@ class AutoencoderPlan(_SeededPlan):
     ``latent_noise`` Gaussian noise, and a standard-normal prior penalty on the latent (a VAE
     with a fixed posterior spread), divided by the number of genes. AdamW with a cosine decay
     over the epochs. ``history`` holds the mean loss of each epoch.
+
+    Examples
+    --------
+    >>> import numpy as np, torch
+    >>> from scaug.nn import AutoencoderModule
+    >>> from scaug.train import AutoencoderPlan, MinibatchData, fit_plan
+    >>> X = np.random.default_rng(0).poisson(2.0, size=(64, 5)).astype(np.float32)
+    >>> plan = AutoencoderPlan(AutoencoderModule(5, 2, (8,)), latent_noise=0.1,
+    ...                        learning_rate=1e-3, n_epochs=2, seed=0)
+    >>> _ = fit_plan(plan, MinibatchData([X], batch_size=32, seed=0), device=torch.device("cpu"),
+    ...              max_epochs=2, desc="autoencoder", verbose=False)
+    >>> len(plan.history)  # one mean loss per epoch
+    2
     """
 
     def __init__(self, module, *, latent_noise: float, learning_rate: float, n_epochs: int,
@@ -131,6 +144,24 @@ class DenoiserPlan(_StepPlan):
     they are). A fraction ``label_dropout`` of the labels is replaced by the null label, so one
     network is conditional and unconditional (classifier-free guidance); without labels
     (``conditional=False``) every cell carries the null label.
+
+    Examples
+    --------
+    >>> import numpy as np, torch
+    >>> from scaug.diffusion import GaussianDiffusion
+    >>> from scaug.nn import Denoiser
+    >>> from scaug.train import BalancedDraws, DenoiserPlan, MinibatchData, fit_plan
+    >>> rng = np.random.default_rng(0)
+    >>> z, labels = rng.normal(size=(64, 2)).astype(np.float32), np.repeat([0, 1], 32)
+    >>> plan = DenoiserPlan(Denoiser(2, 2, width=8, depth=1), GaussianDiffusion(), null_label=2,
+    ...                     label_dropout=0.15, conditional=True, learning_rate=1e-3, n_steps=5,
+    ...                     seed=0)
+    >>> data = MinibatchData([z, np.zeros_like(z), labels], batch_size=16, seed=0, n_batches=5,
+    ...                      draw=BalancedDraws(labels))
+    >>> _ = fit_plan(plan, data, device=torch.device("cpu"), max_steps=5, desc="diffusion",
+    ...              verbose=False)
+    >>> type(plan.averaged).__name__  # the EMA copy that sampling uses
+    'Denoiser'
     """
 
     def __init__(self, denoiser, diffusion, *, null_label: int, label_dropout: float,
@@ -159,6 +190,21 @@ class ClassifierPlan(_StepPlan):
     """Trains :class:`scaug.nn.LatentClassifier` on noisy (and clean) latents, for post-guidance.
 
     Batches are ``(z0, label)`` of labelled cells only.
+
+    Examples
+    --------
+    >>> import numpy as np, torch
+    >>> from scaug.diffusion import GaussianDiffusion
+    >>> from scaug.nn import LatentClassifier
+    >>> from scaug.train import ClassifierPlan, MinibatchData, fit_plan
+    >>> z = np.random.default_rng(0).normal(size=(64, 2)).astype(np.float32)
+    >>> labels = np.repeat([0, 1], 32)
+    >>> plan = ClassifierPlan(LatentClassifier(2, 2, width=8), GaussianDiffusion(),
+    ...                       learning_rate=1e-3, n_steps=4, seed=0)
+    >>> _ = fit_plan(plan, MinibatchData([z, labels], batch_size=16, seed=0, n_batches=4),
+    ...              device=torch.device("cpu"), max_steps=4, desc="classifier", verbose=False)
+    >>> plan.averaged(torch.zeros(3, 2), torch.zeros(3)).shape  # logits of the 2 types
+    torch.Size([3, 2])
     """
 
     def __init__(self, classifier, diffusion, *, learning_rate: float, n_steps: int, seed: int,

@@ -92,6 +92,16 @@ def fit_plan(plan: pl.LightningModule, data, *, device: torch.device, trainer_kw
     """Run ``plan`` on the minibatches of ``data`` (an iterable dataset yielding whole batches).
 
     Returns the Trainer, whose ``is_global_zero`` tells a distributed run's main process.
+
+    Examples
+    --------
+    See :class:`scaug.train.AutoencoderPlan`, :class:`~scaug.train.DenoiserPlan` and
+    :class:`~scaug.train.ClassifierPlan`; a distributed run only adds Trainer arguments:
+
+    >>> import torch
+    >>> from scaug.train import trainer_options
+    >>> trainer_options(torch.device("cpu"), {"devices": 2, "strategy": "ddp"})
+    {'accelerator': 'cpu', 'devices': 2, 'strategy': 'ddp'}
     """
     total = max_steps if max_steps > 0 else (max_epochs or 1) * len(data)
     loader = DataLoader(data, batch_size=None, num_workers=0)
