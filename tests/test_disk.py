@@ -216,3 +216,12 @@ def test_the_store_is_never_read_whole(stores, monkeypatch):
 def test_exported_lazily():
     assert scaug.OnDiskCells is OnDiskCells and "OnDiskCells" in scaug.__all__
     assert scaug.train.OnDiskCells is OnDiskCells
+
+
+def test_batches_larger_than_a_buffer_are_full_and_a_pass_covers_the_store(stores):
+    store = OnDiskCells(stores["collection"], chunk_size=16, buffer_chunks=2)  # 32-row buffers
+    data = store.minibatches(batch_size=50, seed=0)
+    sizes = [len(b[0]) for b in data]
+    assert len(sizes) == len(data) and all(s == 50 for s in sizes[:-1])
+    assert sum(sizes) == data.rows_per_process(1)
+    assert len(set(_ids(data))) == sum(sizes)  # every row at most once per pass

@@ -311,6 +311,7 @@ class _Minibatches(IterableDataset):
         starts = cells._chunk_starts()
         stripe = self._perm_rng.permutation(len(starts))[: len(starts) // world * world][rank::world]
         budget = self.rows_per_process(world)
+        pending = None  # rows of a short batch waiting for the next buffer
         for b in range(0, len(stripe), cells.buffer_chunks):
             if budget <= 0:
                 break
@@ -323,7 +324,23 @@ class _Minibatches(IterableDataset):
             else:
                 p = self.weights[rows]
                 order = rng.choice(len(rows), size=n, p=p / p.sum())
-            for i in range(0, n, self.batch_size):
+            # a buffer's last, short batch is completed from the next buffer, so every batch
+            # but the pass's last is full and a pass is exactly len(self) batches
+            start = 0
+            if pending is not None:
+                take = np.sort(order[: self.batch_size - len(pending)])
+                pending = np.concatenate([pending, _utils.dense_rows(buffer, take)])
+                start = len(take)
+                if len(pending) < self.batch_size and budget > 0:
+                    continue
+                yield (torch.from_numpy(pending),)
+                pending = None
+            for i in range(start, n, self.batch_size):
                 batch = np.sort(order[i:i + self.batch_size])  # sorted rows slice CSR faster
+                if len(batch) < self.batch_size and budget > 0:
+                    pending = _utils.dense_rows(buffer, batch)
+                    break
                 yield (torch.from_numpy(_utils.dense_rows(buffer, batch)),)
+        if pending is not None:
+            yield (torch.from_numpy(pending),)
 
