@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import tempfile
 import warnings
@@ -381,14 +382,11 @@ def plain_params(estimator, exclude=()) -> dict:
 def provenance(*, n_obs, n_features) -> dict:
     """Who wrote a model file, when, and from what shape of data."""
     import datetime
-    from importlib.metadata import PackageNotFoundError, version
 
-    try:
-        scaug_version = version("scaug")
-    except PackageNotFoundError:  # a source tree that was not installed
-        scaug_version = "unknown"
+    from . import __version__
+
     return {"provenance": {
-        "scaug_version": scaug_version, "torch_version": str(torch.__version__),
+        "scaug_version": __version__, "torch_version": str(torch.__version__),
         "written": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "n_obs": None if n_obs is None else int(n_obs), "n_features": int(n_features)}}
 
@@ -414,8 +412,6 @@ def validate_against(estimator, values: dict) -> None:
 def with_cpu_threads(method):
     """Run an estimator method on ``self.cpu_threads`` torch CPU threads, then restore the
     caller's setting (whatever happens inside)."""
-    import functools
-
     @functools.wraps(method)
     def wrapper(self, *args, **kwargs):
         wanted = getattr(self, "cpu_threads", None)

@@ -349,9 +349,6 @@ class SCLD(BaseEstimator):
             overlap = ae._overlap_or_none(X.shape[1], names, float(self.min_gene_overlap))
             if ae.likelihood_ == "nb" and not _utils.is_count_matrix(X.sample() if on_disk else X):
                 raise ValueError("The given autoencoder models counts, but X is not integer counts.")
-        else:
-            # refuse almost-counts before any training (from a sample of the chunks, on disk)
-            _utils.decide_likelihood(X.sample() if on_disk else X, "auto")
 
         seed = _utils.seed_from(self.random_state)
         if ae is None:
@@ -534,10 +531,8 @@ class SCLD(BaseEstimator):
         cells_per_batch = max(1, min(4096, 2**24 // self.n_features_in_))
         X = sampling.decode(self.autoencoder_, Z, library, gen, sparse=self.sparse_input_,
                             cells_per_batch=cells_per_batch)
-        if self.counts_:
-            top = (X.max() if X.shape[0] else 0)
-            X = X.astype(sampling.output_dtype(self.input_dtype_, top)
-                         if np.issubdtype(np.dtype(self.input_dtype_), np.integer) else X.dtype)
+        if self.counts_ and np.issubdtype(np.dtype(self.input_dtype_), np.integer):
+            X = X.astype(sampling.output_dtype(self.input_dtype_, X.max() if X.shape[0] else 0))
         labels = None if self.classes_ is None else self.classes_[codes]
         return X, labels
 

@@ -31,7 +31,6 @@ labelled cells, and no cell is generated without a type.
 from __future__ import annotations
 
 import copy
-import inspect
 import os
 from numbers import Integral, Real
 
@@ -82,14 +81,7 @@ def _scld():
 
 
 def _fit_scld(X, y, names, params):
-    SCLD = _scld()
-    model = SCLD(**params)
-    if "feature_names" in inspect.signature(SCLD.fit).parameters:
-        model.fit(X, y, feature_names=names)
-    else:  # pragma: no cover - model layers without the feature_names argument
-        model.fit(X, y)
-        model.feature_names_in_ = names
-    return model
+    return _scld()(**params).fit(X, y, feature_names=names)
 
 
 def fit(adata, labels_key=None, *, layer=None, **params):

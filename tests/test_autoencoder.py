@@ -5,7 +5,7 @@ import pytest
 
 from scaug import CellAutoencoder
 from scaug.datasets import simulate
-from scaug.train import balanced_indices
+from scaug.train import BalancedDraws
 
 KW = dict(n_latent=4, hidden=(32,), max_epochs=3, verbose=False, device="cpu")
 
@@ -34,12 +34,12 @@ def test_labels_only_change_the_minibatches(data):
         CellAutoencoder(**KW).fit(X, y[:-1])
 
 
-def test_balanced_indices_draw_rare_classes_often():
+def test_balanced_draws_draw_rare_classes_often():
     y = np.array([0] * 990 + [1] * 10)
     rng = np.random.default_rng(0)
-    equal = balanced_indices(y, 20000, rng, power=0.0)
+    equal = BalancedDraws(y, power=0.0)(20000, rng)
     assert abs(np.mean(y[equal] == 1) - 0.5) < 0.02
-    proportional = balanced_indices(y, 20000, rng, power=1.0)
+    proportional = BalancedDraws(y, power=1.0)(20000, rng)
     assert abs(np.mean(y[proportional] == 1) - 0.01) < 0.005
 
 

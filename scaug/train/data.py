@@ -59,12 +59,6 @@ class BalancedDraws:
         return self.order[self.starts[cls] + offset]
 
 
-def balanced_indices(y: np.ndarray, batch_size: int, rng: np.random.Generator,
-                     power: float = 0.0) -> np.ndarray:
-    """One class-balanced minibatch of indices (see :class:`BalancedDraws`)."""
-    return BalancedDraws(y, power)(batch_size, rng)
-
-
 class MinibatchData(IterableDataset):
     """Minibatches of rows of in-memory arrays, as tensors.
 
