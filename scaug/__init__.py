@@ -22,6 +22,7 @@ _LAZY = {
     "CellAutoencoder": ("autoencoder", "CellAutoencoder"),
     "OnDiskCells": ("train.disk", "OnDiskCells"),
     "SCLDOverSampler": ("oversampler", "SCLDOverSampler"),
+    "LatentOverSampler": ("baselines", "LatentOverSampler"),
     "datasets": ("datasets", None),
     "preprocessing": ("preprocessing", None),
     "metrics": ("metrics", None),
@@ -29,12 +30,13 @@ _LAZY = {
     "pl": ("pl", None),
 }
 
-__all__ = ["SCLD", "SCLDOverSampler", "CellAutoencoder", "OnDiskCells", "datasets", "preprocessing",
-           "metrics", "tl", "pl", "__version__"]
+__all__ = ["SCLD", "SCLDOverSampler", "LatentOverSampler", "CellAutoencoder", "OnDiskCells",
+           "datasets", "preprocessing", "metrics", "tl", "pl", "__version__"]
 
 if TYPE_CHECKING:  # static tools see the eager imports
     from . import datasets, metrics, pl, preprocessing, tl
     from .autoencoder import CellAutoencoder
+    from .baselines import LatentOverSampler
     from .model import SCLD
     from .oversampler import SCLDOverSampler
     from .train.disk import OnDiskCells

@@ -28,6 +28,34 @@ _OWN_PARAMS = ("autoencoder", "max_epochs", "device", "random_state", "verbose",
                "classifier_scale", "screening", "n_sample_steps")
 
 
+def refuse_mixed_labels(y) -> None:
+    """Refuse string class labels beside -1 (unlabelled) before scikit-learn fails to sort them."""
+    labels = np.asarray(y.to_numpy() if hasattr(y, "to_numpy") else y)
+    if labels.dtype == object and _utils.unlabelled_mask(labels).any() and any(
+            isinstance(v, str) for v in labels):
+        raise ValueError("y mixes string class labels with -1 for unlabelled cells. Encode "
+                         "the labelled cells' classes as integers (LabelEncoder) and keep -1 "
+                         "for the unlabelled ones, as scikit-learn's semi-supervised "
+                         "estimators require.")
+
+
+def labelled_request(sampler, y) -> dict:
+    """``{class: cells to generate}`` of an over-sampler, -1 (unlabelled) being no class.
+
+    Sets ``sampler.sampling_strategy_`` from the labelled cells only when some are unlabelled,
+    and refuses a strategy that asks for part of a cell (never truncated).
+    """
+    unlabelled = _utils.unlabelled_mask(np.asarray(y))
+    if unlabelled.any():
+        sampler.sampling_strategy_ = check_sampling_strategy(
+            sampler.sampling_strategy, y[~unlabelled], sampler._sampling_type)
+    fractional = {c: n for c, n in sampler.sampling_strategy_.items() if not float(n).is_integer()}
+    if fractional:
+        raise ValueError(f"sampling_strategy asks for a number of cells that is not whole "
+                         f"({fractional} to generate); give whole numbers of cells per class.")
+    return {c: int(n) for c, n in sampler.sampling_strategy_.items() if n > 0}
+
+
 class SCLDOverSampler(BaseOverSampler):
     """Over-sample rare cell types with cells synthesized by SCLD (single-cell latent diffusion).
 
@@ -305,29 +333,13 @@ class SCLDOverSampler(BaseOverSampler):
         -------
         X_resampled, y_resampled
         """
-        labels = np.asarray(y.to_numpy() if hasattr(y, "to_numpy") else y)
-        if labels.dtype == object and _utils.unlabelled_mask(labels).any() and any(
-                isinstance(v, str) for v in labels):
-            # scikit-learn cannot sort str and int labels together: say so before it fails
-            raise ValueError("y mixes string class labels with -1 for unlabelled cells. Encode "
-                             "the labelled cells' classes as integers (LabelEncoder) and keep -1 "
-                             "for the unlabelled ones, as scikit-learn's semi-supervised "
-                             "estimators require.")
+        refuse_mixed_labels(y)
         return super().fit_resample(X, y, **params)
 
     def _fit_resample(self, X, y):
-        unlabelled = _utils.unlabelled_mask(np.asarray(y))
-        if unlabelled.any():  # not a class: the sampling strategy counts the labelled cells only
-            self.sampling_strategy_ = check_sampling_strategy(
-                self.sampling_strategy, y[~unlabelled], self._sampling_type)
-        fractional = {c: n for c, n in self.sampling_strategy_.items()
-                      if not float(n).is_integer()}
-        if fractional:  # a dict (or callable) asked for part of a cell: say so, never truncate
-            raise ValueError(f"sampling_strategy asks for a number of cells that is not whole "
-                             f"({fractional} to generate); give whole numbers of cells per class.")
+        request = labelled_request(self, y)
         rng = check_random_state(self.random_state)
         fit_seed, sample_seed = (int(s) for s in rng.randint(0, 2**31 - 1, size=2))
-        request = {c: int(n) for c, n in self.sampling_strategy_.items() if n > 0}
         n_generate = sum(request.values())
         self.model_ = self._resolve_model(X, y, fit_seed, n_generate)
 
