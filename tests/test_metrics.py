@@ -22,6 +22,8 @@ from scaug.metrics import (
     gene_variance_correlation,
     knn_precision_recall,
     library_size_distance,
+    log_fold_change,
+    marker_agreement,
     mmd_rbf,
     normalize_log1p,
     pca_embed,
@@ -557,8 +559,109 @@ def test_public_names():
         "gene_variance_correlation",
         "knn_precision_recall",
         "library_size_distance",
+        "log_fold_change",
+        "marker_agreement",
         "mmd_rbf",
         "normalize_log1p",
         "pca_embed",
         "zero_fraction_error",
     }
+
+
+# ----------------------------------------------------------------------------------------------
+# marker genes: fold changes of a type against the rest
+# ----------------------------------------------------------------------------------------------
+def test_log_fold_change_by_hand():
+    group = np.array([[2, 2], [1, 3]])  # normalised to 4 per cell: unchanged
+    rest = np.array([[4, 0], [0, 4]])
+    # log1p means: group (ln 3 + ln 2) / 2 and (ln 3 + ln 4) / 2; rest ln 5 / 2 for both genes
+    expm1_group = np.array([np.sqrt(6.0) - 1, np.sqrt(12.0) - 1])
+    expm1_rest = np.sqrt(5.0) - 1
+    for p in (1e-9, 0.1, 1.0):
+        expected = np.log2((expm1_group + p) / (expm1_rest + p))
+        got = log_fold_change(group, rest, target_sum=4, pseudocount=p)
+        np.testing.assert_allclose(got, expected, rtol=1e-12)
+    # the same from log-normalised input, and from sparse input
+    np.testing.assert_allclose(
+        log_fold_change(normalize_log1p(group, target_sum=4), normalize_log1p(rest, target_sum=4),
+                        counts=False),
+        log_fold_change(sp.csr_matrix(group), sp.csr_matrix(rest), target_sum=4), rtol=1e-12)
+
+
+def test_log_fold_change_is_scanpys():
+    sc = pytest.importorskip("scanpy")
+    from scaug.datasets import simulate
+
+    adata = simulate(n_cells=300, n_genes=60, n_types=3, rare_sizes=(40,), random_state=2)
+    sc.pp.normalize_total(adata, target_sum=1e4)
+    sc.pp.log1p(adata)
+    sc.tl.rank_genes_groups(adata, "cell_type", groups=["type_2"], reference="rest",
+                            method="t-test", n_genes=60)
+    result = adata.uns["rank_genes_groups"]
+    theirs = dict(zip(result["names"]["type_2"], result["logfoldchanges"]["type_2"], strict=True))
+    rare = (adata.obs["cell_type"] == "type_2").to_numpy()
+    ours = log_fold_change(adata.X[rare], adata.X[~rare], counts=False, pseudocount=1e-9)
+    # scanpy keeps its fold changes in float32
+    np.testing.assert_allclose(ours, [theirs[g] for g in adata.var_names], rtol=1e-4, atol=1e-4)
+
+
+@pytest.fixture(scope="module")
+def marked_type():
+    """Counts of a simulated rare type with 10 known marker genes (its cells in two halves)."""
+    from scaug.datasets import simulate
+
+    adata = simulate(n_cells=1200, n_genes=100, n_types=4, n_markers=10, fold_change=4.0,
+                     rare_sizes=(200,), random_state=0)
+    X = adata.X.toarray()
+    is_type = (adata.obs["cell_type"] == "type_3").to_numpy()
+    markers = np.flatnonzero((adata.var["marker_of"] == "type_3").to_numpy())
+    cells = X[is_type]
+    return cells[:100], cells[100:], X[~is_type], markers
+
+
+def test_log_fold_change_finds_the_simulated_markers(marked_type):
+    held_out, _, rest, markers = marked_type
+    lfc = log_fold_change(held_out, rest)
+    np.testing.assert_array_equal(np.sort(np.argsort(-lfc)[:10]), markers)
+    # fold changes of 4 (times exp(N(0, 0.2))); scanpy's expm1 of mean log values shrinks lowly
+    # expressed means more than high ones, so the markers come out above log2(4) = 2, and every
+    # other gene (the other types' markers included) far below them
+    assert lfc[markers].min() > 1.5 and np.delete(lfc, markers).max() < 1.0
+
+
+def test_marker_agreement_of_real_synthetic_blurred_and_wrong_cells(marked_type):
+    held_out, same, rest, markers = marked_type
+    # the type's other real cells: its 10 markers, as strong
+    real = marker_agreement(held_out, rest, same, n_markers=10)
+    assert real["n_markers"] == 10 and real["sign_agreement"] == 1.0
+    assert real["marker_recovery"] >= 0.8 and 0.9 < real["logfc_slope"] < 1.1
+    assert marker_agreement(held_out, rest, same, n_markers=20)["logfc_correlation"] > 0.95
+    # cells halfway (in counts) between the type and the rest: a marker 8x the rest becomes
+    # 4.5x, log2(4.5) / log2(8) = 0.72 of its strength, signs and ranking kept
+    rng = np.random.default_rng(0)
+    blurred = np.round((same + rest[rng.integers(len(rest), size=len(same))]) / 2)
+    half = marker_agreement(held_out, rest, blurred, n_markers=10)
+    assert half["sign_agreement"] == 1.0 and half["marker_recovery"] >= 0.7
+    assert 0.6 < half["logfc_slope"] < 0.85
+    # cells of the other types carry none of the type's markers
+    wrong = marker_agreement(held_out, rest, rest[:100], n_markers=10)
+    assert wrong["marker_recovery"] <= 0.2 and abs(wrong["logfc_slope"]) < 0.2
+    # more markers asked for than genes: all genes
+    assert marker_agreement(held_out, rest, same, n_markers=500)["n_markers"] == 100
+
+
+def test_marker_agreement_checks_its_input(marked_type):
+    held_out, same, rest, _ = marked_type
+    with pytest.raises(ValueError, match="`real_type` has 100 genes .* `synthetic_type` has 99"):
+        marker_agreement(held_out, rest, same[:, :99])
+    with pytest.raises(ValueError, match="`synthetic_type` is not raw counts"):
+        marker_agreement(held_out, rest, same + 0.5)
+    with pytest.raises(InvalidParameterError, match="'n_markers'"):
+        marker_agreement(held_out, rest, same, n_markers=1)
+    with pytest.raises(InvalidParameterError, match="'pseudocount'"):
+        log_fold_change(held_out, rest, pseudocount=0)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        same_as_rest = marker_agreement(rest, rest, same)  # the "type" is the rest: no markers
+    assert np.isnan(same_as_rest["logfc_correlation"])
+    assert any(issubclass(w.category, DegenerateInputWarning) for w in caught)
