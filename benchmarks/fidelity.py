@@ -1,414 +1,244 @@
-"""Fidelity of synthetic rare cells against held-out real cells: SCLD (with ablations) vs SMOTE.
+"""Fidelity: how hard are synthetic rare cells to tell from held-out real cells of their type?
 
-For each data set: a stratified half/half split, the three rarest types capped at 10 labelled
-training cells. The present default model (``latent_smoothing=4``; ``run_defaults``, cached
-apart), each set-up sampled under every guidance setting (``ABLATIONS``; the default sampling is
-"conditional (w=1)"):
-- "smoothing 4, 10-shot": autoencoder and diffusion both trained on the capped training split;
-- "smoothing 4, pretrained AE": the autoencoder pretrained without labels on the whole training
-  half, the diffusion part trained on the capped labelled cells;
-- "smoothing 4, semi-supervised": fitted in one call on the whole training half, the rare types'
-  other training cells labelled -1 (its ``latent_dcr_ratio`` is measured against all the type's
-  training cells, which its diffusion model saw).
-Revision 1 (the first defaults: no latent smoothing, all three guidances), each set-up sampled
-with all three guidances, the pretrained one under every guidance setting:
-- "10-shot": autoencoder and diffusion both trained on the capped training split only;
-- "pretrained AE": the autoencoder is pretrained without labels on the whole training half (the
-  realistic case of many cells and few labels), then the diffusion part is trained on the capped
-  labelled cells only;
-- "gene-cell AE": the same with an autoencoder of per-cell dispersion
-  (``CellAutoencoder(dispersion="gene-cell")``, latent noise left at its default);
-- "revision 2": the settings tried as defaults and reverted (``CellAutoencoder(dispersion=
-  "gene-cell", latent_noise=1.0)``, ``SCLD(latent_smoothing=4)``), pretrained the same way; once
-  more without latent smoothing.
-Rows "autoencoder only" re-draw the held-out cells themselves through the autoencoder (encode,
-decode, draw counts with their own library sizes): the gap the autoencoder alone opens, which a
-latent generator inherits.
-``latent_dcr_ratio`` is ``dcr_ratio`` in the autoencoder's latent space: the count noise of the
-decoder makes copied latents look new in count space, so copying shows only there.
-SMOTE runs on the capped training split (log-normalised). Synthetic cells of each rare type are
-compared with the test cells of that type, which no model saw in any form.
+Per data set and seed, a stratified half/half split in which three types keep 10 labelled
+training cells: the three rarest (split ``rarest``, report ``fidelity``: few held-out cells, the
+real case) or the three largest (split ``largest``, report ``fidelity_10shot``: made rare in
+training, each judged on up to 300 held-out cells, the low-noise test). Each generator makes as
+many cells of a capped type as it has held-out cells (types with fewer than 6 are left out),
+judged against them in log-normalised space: ``c2st_auc``, a random-forest two-sample AUC (0.5:
+indistinguishable; the reference row compares two halves of the held-out cells); ``dcr_ratio``
+and ``latent_dcr_ratio``, the distance to the closest training cell of the type, synthetic over
+held-out, in log-normalised and in latent space (near 0: copies, which the decoder's count noise
+hides from count space; about 1: as new as real cells); the marker-gene check
+(``scaug.metrics.marker_agreement``, 50 markers, the rest being the held-out cells of the other
+types): correlation and slope of the synthetic fold changes on the real ones, markers recovered.
 
-    SCAUG_DATA_DIR=../shared/data python benchmarks/fidelity.py --datasets cbmc pbmc3k --seeds 0 1 2
+Two autoencoders: ``capped split``, trained on the capped training split (what SCLDOverSampler
+does), and ``training half``, pretrained without labels on the whole training half (the type's
+other cells seen unlabelled). SCLD and the latent baselines of one set-up decode through the
+same fitted autoencoder; ``autoencoder ceiling`` re-draws the held-out cells themselves through
+it (their own latents and library sizes), about the best a generator on it can do. SMOTE
+interpolates the capped split's log-normalised cells. ``SCLD, semi-supervised`` (training half
+only) fits SCLD's diffusion on the whole training half, the capped types' other cells labelled -1.
 
-Results are cached per (data set, seed) under benchmarks/.cache/fidelity/, so an interrupted run
-resumes and seeds can run in separate processes; a run over cached seeds only writes the report.
-
-writes docs/fidelity.md and docs/fidelity.json.
+    SCAUG_DATA_DIR=../shared/data python benchmarks/run.py --experiments fidelity [--quick]
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import sys
-import time
+import warnings
 
 import numpy as np
-import torch
-from imblearn.over_sampling import SMOTE
-from sklearn.neighbors import NearestNeighbors
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import (  # noqa: E402
-    DOCS,
-    load_counts,
-    machine,
-    rare_split,
-    semi_supervised_split,
-    write_json,
-)
+import _suite as S  # noqa: E402
+from _common import machine, semi_supervised_split  # noqa: E402
+from downstream import COST, QUICK_DATASETS, load  # noqa: E402
 
-CACHE = os.path.join(os.path.dirname(os.path.abspath(__file__)), ".cache", "fidelity")
-
-from scaug import SCLD, CellAutoencoder, metrics  # noqa: E402
-from scaug.preprocessing import NormalizeLog1p  # noqa: E402
-
-# Settings in full, so that a change of scaug's defaults never changes what a row means.
-# revision 1: the first defaults (no latent smoothing; sampled with all three guidances)
-REVISION_1_SCLD = dict(latent_smoothing=0.0)
-# revision 2: measured as defaults and reverted (README, Evidence)
-REVISION_2_AE = dict(dispersion="gene-cell", latent_noise=1.0)
-REVISION_2_SCLD = dict(latent_smoothing=4.0)
-# the present defaults: latent smoothing 4, sampled as plain conditional sampling (w=1)
-DEFAULTS_SCLD = dict(latent_smoothing=4.0)
-
-# pretrained autoencoders (CellAutoencoder parameters), and the SCLD set-ups built on them:
-# (autoencoder, SCLD parameters)
-AUTOENCODERS = {"pretrained AE": {}, "gene-cell AE": dict(dispersion="gene-cell"),
-                "revision 2 AE": REVISION_2_AE}
-SETUPS = {
-    "pretrained AE": ("pretrained AE", REVISION_1_SCLD),
-    "gene-cell AE": ("gene-cell AE", REVISION_1_SCLD),
-    "revision 2, pretrained AE": ("revision 2 AE", REVISION_2_SCLD),
-    "revision 2 AE, no latent smoothing": ("revision 2 AE", REVISION_1_SCLD),
-}
-REFERENCE = "reference: held-out real vs real"
-ALL_THREE = "SCLD all three"
-
-ABLATIONS = {
-    "SCLD unconditional (w=0)": dict(guidance_scale=0.0, classifier_scale=0.0, screening=False),
-    "SCLD conditional (w=1)": dict(guidance_scale=1.0, classifier_scale=0.0, screening=False),
-    "SCLD pre-guidance (CFG)": dict(guidance_scale=2.0, classifier_scale=0.0, screening=False),
-    "SCLD pre + classifier guidance": dict(guidance_scale=2.0, classifier_scale=1.0,
-                                           screening=False),
-    ALL_THREE: dict(guidance_scale=2.0, classifier_scale=1.0, screening=True),
-}
-# rows cached while revision 1 was the default call its sampling "SCLD all three (default)"
-RENAMED = {"SCLD all three (default)": ALL_THREE}
+NAME = "fidelity"
+SPLITS = {"rarest": dict(largest=False, report="fidelity"),
+          "largest": dict(largest=True, report="fidelity_10shot")}
+AE_SOURCES = ("capped split", "training half")
+SPLIT = dict(test_size=0.5, cap=10, n_rare=3, n_top_genes=2000, n_heldout=300, min_heldout=6,
+             n_markers=50)
+REFERENCE, CEILING = "reference: held-out halves", "autoencoder ceiling"
+METRICS = ("c2st_auc", "dcr_ratio", "latent_dcr_ratio", "logfc_correlation", "logfc_slope",
+           "marker_recovery")
 
 
-def score(real_log, syn_log, real_counts, syn_counts, seed):
-    out = {
-        "c2st_auc": metrics.c2st_auc(real_log, syn_log, random_state=seed),
-        "mmd": metrics.mmd_rbf(real_log, syn_log, random_state=seed),
-        "mean_corr": metrics.gene_mean_correlation(real_log, syn_log),
-        "var_corr": metrics.gene_variance_correlation(real_log, syn_log),
-        "zero_frac_err": metrics.zero_fraction_error(real_log, syn_log),
-    }
-    if syn_counts is not None:
-        out["lib_dist"] = metrics.library_size_distance(real_counts, syn_counts)
+def configure(args) -> None:
+    S.resolve_mode(args, QUICK_DATASETS)
+    args.splits = list(args.splits or SPLITS)
+    # the number of cells is the held-out cells' here: settings that only change it are left out
+    args.generators = [a for a in args.augmenters if "amount" not in S.REGISTRY[a] and (
+        S.REGISTRY[a]["kind"] in ("latent", "scld") or a == "SMOTE")]
+
+
+def units(args):
+    return [(d, s, sp_) for d in args.datasets for s in args.seeds for sp_ in args.splits]
+
+
+def entries(args):
+    """``(AE source, generator)`` of one unit; SMOTE and the reference need no autoencoder."""
+    out = [(None, REFERENCE)] + [(None, "SMOTE")] * ("SMOTE" in args.generators)
+    for source in AE_SOURCES:
+        out.append((source, CEILING))
+        out += [(source, g) for g in args.generators if g != "SMOTE" and (
+            source == "training half" or not S.REGISTRY[g].get("unlabelled"))]
     return out
 
 
-def latent_dcr_ratio(model, train_counts, heldout_counts):
-    """``dcr_ratio`` in the autoencoder's latent space, where the count noise cannot hide copies.
-
-    Median distance from each sampled latent (``model.sample_latents_``) to the closest training
-    cell's latent, over the same for the held-out cells' latents.
-    """
-    ae = model.autoencoder_
-    nn = NearestNeighbors(n_neighbors=1).fit(ae.transform(train_counts))
-    d_syn = np.median(nn.kneighbors(model.sample_latents_)[0])
-    return float(d_syn / np.median(nn.kneighbors(ae.transform(heldout_counts))[0]))
+def key(unit, source, gen, args):
+    d, s, split = unit
+    setting = S.setting(gen, args.mode == "quick") if gen in S.REGISTRY else \
+        dict(autoencoder=S.setting("SCLD", args.mode == "quick")["autoencoder"])
+    return dict(experiment=NAME, dataset=d, seed=s, split=split, largest=SPLITS[split]["largest"],
+                protocol=SPLIT, ae_source=source, generator=gen, setting=setting)
 
 
-def sampled_rows(base, runs, t, norm, real_log, real_counts, train_log, train_counts, seed,
-                 seen_counts=None):
-    """Rows for ``(label, model, sampling options)`` runs: as many cells of type ``t`` as it has
-    held-out cells, scored against them. The latent DCR is measured against ``seen_counts`` (the
-    type's cells the diffusion model saw) when given, else against its training cells."""
-    rows = []
-    for label, mdl, opts in runs:
-        ts = time.perf_counter()
-        Xs, _ = mdl.sample({t: real_log.shape[0]}, random_state=seed, **opts)
-        sample_s = time.perf_counter() - ts
-        syn_log = norm.transform(Xs)
-        r = score(real_log, syn_log, real_counts, Xs, seed)
-        r["dcr_ratio"] = metrics.dcr_ratio(train_log, syn_log, real_log, random_state=seed) \
-            if train_log.shape[0] >= 2 else float("nan")
-        r["latent_dcr_ratio"] = latent_dcr_ratio(
-            mdl, train_counts if seen_counts is None else seen_counts, real_counts)
-        rep = mdl.sampling_report_.get(t, {})
-        rows.append(dict(base, method=label, acceptance=rep.get("acceptance_rate", 1.0),
-                         sample_s=sample_s, **r))
+def missing(unit, args, cache):
+    return [e for e in entries(args) if cache.get(key(unit, *e, args)) is None]
+
+
+def estimate(unit, todo, args) -> float:
+    n_scld = sum(1 for _, g in todo if g in S.REGISTRY and S.REGISTRY[g]["kind"] == "scld")
+    n_ae = len({s for s, _ in todo if s})
+    return n_ae * COST["ae_fit"] + n_scld * COST["diffusion_fit"] + 30.0 * len(todo)
+
+
+def _latent_dcr(ae, Z_syn, seen_counts, held_counts):
+    from sklearn.neighbors import NearestNeighbors
+
+    nn = NearestNeighbors(n_neighbors=1).fit(ae.transform(seen_counts))
+    return float(np.median(nn.kneighbors(Z_syn)[0]) /
+                 np.median(nn.kneighbors(ae.transform(held_counts))[0]))
+
+
+def _score(real_log, rest_log, syn_log, train_log, seed):
+    from scaug import metrics
+
+    with warnings.catch_warnings(record=True) as caught:  # small samples: kept in the row
+        warnings.simplefilter("always")
+        out = dict(c2st_auc=metrics.c2st_auc(real_log, syn_log, random_state=seed),
+                   dcr_ratio=metrics.dcr_ratio(train_log, syn_log, real_log, random_state=seed)
+                   if train_log.shape[0] >= 2 else float("nan"))
+        out.update(metrics.marker_agreement(real_log, rest_log, syn_log, counts=False,
+                                            n_markers=SPLIT["n_markers"]))
+    return dict(out, metric_warnings=sorted({str(w.message)[:200] for w in caught}))
+
+
+def run_unit(unit, args, cache):
+    from scaug import _utils
+
+    todo = missing(unit, args, cache)
+    done = [r for e in entries(args) if e not in todo for r in cache.get(key(unit, *e, args))]
+    if not todo or args.from_cache:
+        return done
+    d, seed, split = unit
+    X, y = load(d)
+    train, test, capped, full_train, y_semi = semi_supervised_split(
+        y, seed=seed, largest=SPLITS[split]["largest"])  # half/half, 10 labelled cells
+    X_log = S.log_norm(X)  # per cell: nothing is learned from other cells
+    held = {str(t): test[y[test] == t][:SPLIT["n_heldout"]] for t in capped}
+    held = {t: h for t, h in held.items() if len(h) >= SPLIT["min_heldout"]}
+    print(f"[{d} seed={seed} {split}] capped: " + ", ".join(
+        f"{t} ({(y[train] == t).sum()} train, {len(h)} held out)" for t, h in held.items()), flush=True)
+    fits = {src: S.Fits(X[train], y[train], seed, args.device, verbose=args.verbose,
+                        ae_cells=X[full_train] if src == "training half" else None,
+                        semi=(X[full_train], y_semi)) for src in AE_SOURCES}
+    rows = list(done)
+    for source, gen in todo:
+        base = dict(dataset=d, seed=seed, split=split, ae_source=source, generator=gen,
+                    machine=machine())
+        out = []
+        if gen == REFERENCE:  # two halves of the held-out cells: what real cells score
+            for t, h in held.items():
+                half = len(h) // 2
+                rest = X_log[test[y[test] != t]]
+                out.append(dict(base, type=t, n_heldout=len(h), **_score(
+                    X_log[h[:half]], rest, X_log[h[half:]], X_log[train[y[train] == t]], seed)))
+        elif gen == CEILING:
+            ae, ae_s = fits[source].autoencoder(S.setting("SCLD", args.mode == "quick")["autoencoder"])
+            gen_ = _utils.cpu_generator(seed)
+            for t, h in held.items():
+                Xs = ae.generate(ae.transform(X[h]), _utils.row_sums(X[h]), generator=gen_)
+                out.append(dict(base, type=t, n_heldout=len(h), ae_fit_s=ae_s, **_score(
+                    X_log[h], X_log[test[y[test] != t]], S.log_norm(Xs),
+                    X_log[train[y[train] == t]], seed)))
+        else:
+            f = fits[source] if source else fits[AE_SOURCES[0]]
+            s = S.setting(gen, args.mode == "quick")
+            strategy = {t: int((y[train] == t).sum()) + len(h) for t, h in held.items()}
+            syn = S.synthesize(gen, s, f, X[train], y[train], strategy, seed)
+            syn_log = S.synthetic_log(syn)
+            for t, h in held.items():
+                m = syn["y"] == t
+                seen = full_train if s.get("unlabelled") else train
+                r = dict(base, type=t, n_heldout=len(h), ae_fit_s=syn["ae_fit_s"],
+                         fit_s=syn["fit_s"], sample_s=syn["sample_s"], warnings=syn["warnings"],
+                         **_score(X_log[h], X_log[test[y[test] != t]], syn_log[m],
+                                  X_log[train[y[train] == t]], seed))
+                if syn["latents"] is not None:
+                    r["latent_dcr_ratio"] = _latent_dcr(syn["ae"], syn["latents"][m],
+                                                        X[seen[y[seen] == t]], X[h])
+                out.append(r)
+        compute = sum(f_.fresh() for f_ in fits.values())
+        for r in out:
+            r["compute_s"] = compute / max(len(out), 1)
+        cache.put(key(unit, source, gen, args), out)
+        print(f"  {gen} [{source or '-'}]: c2st " + ", ".join(
+            f"{r['type']} {r['c2st_auc']:.2f}" for r in out), flush=True)
+        rows += out
     return rows
 
 
-def run(name, seed, verbose):
-    X, y = load_counts(name)
-    train, test, rare = rare_split(y, seed=seed, cap=10, test_size=0.5)
-    full_train, _, _ = rare_split(y, seed=seed, cap=None, test_size=0.5)
-    norm = NormalizeLog1p().fit(X)
-    X_log = norm.transform(X)
-    rows, fit_s, models, aes = [], {}, {}, {}
-    t0 = time.perf_counter()
-    models["10-shot"] = SCLD(random_state=seed, verbose=verbose, **REVISION_1_SCLD).fit(
-        X[train], y[train])
-    fit_s["10-shot"] = time.perf_counter() - t0
-    for setup, (ae_name, scld_params) in SETUPS.items():
-        t0 = time.perf_counter()
-        if ae_name not in aes:  # pretrained without labels, shared by the set-ups that use it
-            aes[ae_name] = CellAutoencoder(random_state=seed, verbose=verbose,
-                                           **AUTOENCODERS[ae_name]).fit(X[full_train])
-        models[setup] = SCLD(autoencoder=aes[ae_name], random_state=seed, verbose=verbose,
-                             **scld_params).fit(X[train], y[train])
-        fit_s[setup] = time.perf_counter() - t0
-    held = {t: test[y[test] == t] for t in rare}
-    for t in rare:
-        real_log, real_counts = X_log[held[t]], X[held[t]]
-        n = len(held[t])
-        half = n // 2
-        base = dict(dataset=name, seed=seed, type=t, n_train=int((y[train] == t).sum()),
-                    n_heldout=n)
-        ref = metrics.c2st_auc(real_log[:half], real_log[half:], random_state=seed)
-        rows.append(dict(base, method=REFERENCE, c2st_auc=ref))
-        train_log, train_counts = X_log[train][y[train] == t], X[train][y[train] == t]
-        runs = [(f"{k} [pretrained AE]", models["pretrained AE"], v) for k, v in ABLATIONS.items()]
-        runs += [(f"{ALL_THREE} [{setup}]", models[setup], ABLATIONS[ALL_THREE])
-                 for setup in models if setup != "pretrained AE"]
-        rows += sampled_rows(base, runs, t, norm, real_log, real_counts, train_log, train_counts,
-                             seed)
-        # what the autoencoder alone does to real cells: held-out cells encoded, decoded and
-        # re-drawn with their own library sizes (a latent generator inherits this gap)
-        gen = torch.Generator().manual_seed(seed)
-        for ae_name, enc in aes.items():
-            library = np.asarray(real_counts.sum(1)).ravel()
-            Xs = enc.generate(enc.transform(real_counts), library, generator=gen)
-            r = score(real_log, norm.transform(Xs), real_counts, Xs, seed)
-            rows.append(dict(base, method=f"autoencoder only: held-out cells re-drawn [{ae_name}]",
-                             **r))
-        # SMOTE on log-normalised training cells: what a classifier pipeline would do
-        strategy = {t: int((y[train] == t).sum()) + n}
-        sm = SMOTE(sampling_strategy=strategy, k_neighbors=5, random_state=seed)
-        Xr, yr = sm.fit_resample(X_log[train], y[train])
-        syn_log = Xr[len(train):]
-        r = score(real_log, syn_log, None, None, seed)
-        r["dcr_ratio"] = metrics.dcr_ratio(train_log, syn_log, real_log, random_state=seed)
-        rows.append(dict(base, method="SMOTE", **r))
-    return rows, fit_s
-
-
-def run_defaults(name, seed, verbose):
-    """Rows of the present default model (``DEFAULTS_SCLD``) under every sampling of ``ABLATIONS``:
-    ``[smoothing 4, 10-shot]`` fitted on the capped split; ``[smoothing 4, pretrained AE]`` on an
-    autoencoder pretrained on the whole training half; ``[smoothing 4, semi-supervised]`` fitted
-    in one call on the whole training half, the rare types' other training cells labelled -1."""
-    X, y = load_counts(name)
-    train, test, rare, full_train, y_semi = semi_supervised_split(y, seed=seed)
-    norm = NormalizeLog1p().fit(X)
-    X_log = norm.transform(X)
-    fits = {
-        "smoothing 4, 10-shot": lambda: SCLD(random_state=seed, verbose=verbose, **DEFAULTS_SCLD)
-        .fit(X[train], y[train]),
-        "smoothing 4, pretrained AE": lambda: SCLD(
-            autoencoder=CellAutoencoder(random_state=seed, verbose=verbose).fit(X[full_train]),
-            random_state=seed, verbose=verbose, **DEFAULTS_SCLD).fit(X[train], y[train]),
-        "smoothing 4, semi-supervised": lambda: SCLD(random_state=seed, verbose=verbose,
-                                                     **DEFAULTS_SCLD).fit(X[full_train], y_semi),
-    }
-    models, fit_s = {}, {}
-    for setup, fit in fits.items():
-        t0 = time.perf_counter()
-        models[setup] = fit()
-        fit_s[setup] = time.perf_counter() - t0
-    rows = []
-    for t in rare:
-        held = test[y[test] == t]
-        base = dict(dataset=name, seed=seed, type=t, n_train=int((y[train] == t).sum()),
-                    n_heldout=len(held))
-        own = train[y[train] == t]
-        for setup, mdl in models.items():
-            runs = [(f"{k} [{setup}]", mdl, v) for k, v in ABLATIONS.items()]
-            # the semi-supervised model's diffusion saw the type's unlabelled cells too
-            seen = X[full_train[y[full_train] == t]] if "semi" in setup else None
-            rows += sampled_rows(base, runs, t, norm, X_log[held], X[held], X_log[own], X[own],
-                                 seed, seen_counts=seen)
-    return rows, fit_s
-
-
-def summarise(rows):
-    """Per data set and method: means over rare types and seeds, and the gap to the reference."""
-    ref = {(r["dataset"], r["seed"], r["type"]): r["c2st_auc"] for r in rows
-           if r["method"] == REFERENCE}
-    out = {}
+# -- the report ---------------------------------------------------------------------------------
+def _seed_means(rows, metric):
+    """Per seed: the mean of ``metric`` over the capped types (the seed is the replicate)."""
+    by = {}
     for r in rows:
-        if r["method"] == REFERENCE:
-            continue
-        acc = out.setdefault((r["dataset"], r["method"]), {"auc": [], "gap": [], "ldcr": [],
-                                                           "units": set()})
-        acc["auc"].append(r["c2st_auc"])
-        acc["gap"].append(r["c2st_auc"] - ref[(r["dataset"], r["seed"], r["type"])])
-        if r.get("latent_dcr_ratio") is not None:
-            acc["ldcr"].append(r["latent_dcr_ratio"])
-        acc["units"].add((r["seed"], r["type"]))
-    return out
+        v = r.get(metric)
+        if v is not None and np.isfinite(v):
+            by.setdefault(r["seed"], []).append(v)
+    return {s: float(np.mean(v)) for s, v in by.items()}
 
 
-def fmt(v):
-    return "" if v is None or (isinstance(v, float) and np.isnan(v)) else (
-        f"{v:.3f}" if isinstance(v, float) else str(v))
+def render(rows, args, prov):
+    reports = []
+    for split in args.splits:
+        sr = S.pick(rows, split=split)
+        lines = [f"# Fidelity of synthetic rare cells: the {split} types capped at 10 training "
+                 "cells", "", *S.provenance_lines(prov), "## Protocol", "",
+                 " ".join(p.replace("\n", " ") for p in __doc__.split("\n\n")[1:3]), "",
+                 "Every figure is a mean over seeds of the mean over the capped types; "
+                 "comparisons are paired over seeds with a 95 % paired-t interval, and a **win** "
+                 "or **loss** is counted only when the interval excludes zero (for the AUC lower "
+                 "is better, for the marker correlation higher).", ""]
+        comps = []
+        for d in args.datasets:
+            for source in AE_SOURCES:
+                cell = [r for r in S.pick(sr, dataset=d) if r["ae_source"] in (source, None)]
+                gens = [g for g in (REFERENCE, CEILING, *args.generators)
+                        if S.pick(cell, generator=g)]
+                if not gens:
+                    continue
+                ref = _seed_means(S.pick(cell, generator=REFERENCE), "c2st_auc")
+                body = []
+                for g in gens:
+                    got = S.pick(cell, generator=g)
+                    auc = _seed_means(got, "c2st_auc")
+                    gap = S.paired(auc, ref) if g != REFERENCE else None
+                    body.append([g, S.mean_sd(auc.values()), S.fmt_diff(gap) if gap else "",
+                                 *(S.mean_sd(_seed_means(got, m).values(), 2) for m in METRICS[1:]),
+                                 S.mean_sd([r.get("sample_s") for r in got], 1)])
+                lines += [f"## {d}, autoencoder: {source}", "", *S.table(
+                    ["generator", "c2st AUC", "minus reference [95 % CI]", "DCR", "latent DCR",
+                     "logFC corr", "logFC slope", "markers recovered", "sampling s"], body)]
+                if "SCLD" in gens:
+                    for g in gens:
+                        if g in ("SCLD", REFERENCE):
+                            continue
+                        for metric, higher in (("c2st_auc", False), ("logfc_correlation", True)):
+                            p = S.paired(_seed_means(S.pick(cell, generator="SCLD"), metric),
+                                         _seed_means(S.pick(cell, generator=g), metric), higher)
+                            comps.append(dict(dataset=d, ae_source=source, comparator=g,
+                                              metric=metric, **p))
+        if comps:
+            body = [[c["dataset"], c["ae_source"], c["comparator"], c["metric"], S.fmt_diff(c),
+                     c["verdict"]] for c in comps]
+            lines[lines.index("## Protocol"):lines.index("## Protocol")] = [
+                "## Summary: `SCLD` minus each generator, paired over seeds", "",
+                *S.table(["data set", "autoencoder", "comparator", "metric",
+                          "SCLD minus comparator [95 % CI]", "verdict for SCLD"], body)]
+        lines += S.settings_lines(prov)
+        reports.append((SPLITS[split]["report"], lines,
+                        {"provenance": prov, "comparisons": comps, "rows": sr}))
+    return reports
 
 
-def run_cached(run, datasets, seeds, cache_dir, *, recompute, verbose):
-    """Rows of ``run(name, seed, verbose)`` for every (data set, seed), cached.
+if __name__ == "__main__":  # the same as run.py --experiments fidelity
+    import run
 
-    One JSON file per (data set, seed): runs resume, and seeds can run in parallel processes.
-    Returns all rows, the fit times and, for cached runs, the commit each was computed at.
-    """
-    all_rows, fit_times, made_at = [], {}, {}
-    for name in datasets:
-        for seed in seeds:
-            path = os.path.join(cache_dir, f"{name}__seed{seed}.json")
-            if os.path.exists(path) and not recompute:
-                with open(path) as fh:
-                    got = json.load(fh)
-                made_at[f"{name} seed {seed}"] = got["machine"].rsplit("scaug at ", 1)[-1]
-                print(f"{name} seed {seed}: cached ({got['machine']})", flush=True)
-            else:
-                rows, fit_s = run(name, seed, verbose)
-                got = {"rows": rows, "fit_seconds": fit_s, "machine": machine()}
-                write_json(got, path, default=float)
-            fit_times[f"{name} seed {seed}"] = got["fit_seconds"]
-            all_rows += got["rows"]
-            for r in got["rows"]:
-                print(f"  {r['type']:<22} {r['method']:<34} auc={fmt(r.get('c2st_auc'))}",
-                      flush=True)
-    return all_rows, fit_times, made_at
-
-
-def base_parser(doc, out, seeds):
-    """The command line the fidelity scripts share."""
-    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
-    parser.add_argument("--datasets", nargs="+", default=["cbmc", "pbmc3k"])
-    parser.add_argument("--seeds", nargs="+", type=int, default=seeds)
-    parser.add_argument("--out", default=os.path.join(DOCS, out))
-    parser.add_argument("--no-cache", action="store_true", help="recompute cached (data set, "
-                        "seed) results")
-    parser.add_argument("--quiet", action="store_true")
-    return parser
-
-
-def collect_rows(args, runners, rename):
-    """Rows, fit times and provenance of ``(runner, cache folder, label)`` runners, each cached
-    apart (the first is the main one, unlabelled); methods renamed by ``rename``."""
-    all_rows, fit_times, made_at = [], {}, {}
-    for run, cache_dir, label in runners:
-        rows, times, made = run_cached(run, args.datasets, args.seeds, cache_dir,
-                                       recompute=args.no_cache, verbose=not args.quiet)
-        all_rows += rows
-        for k, v in times.items():
-            fit_times[k] = {**fit_times.get(k, {}), **v}
-        made_at.update({(f"{k} [{label}]" if label else k): v for k, v in made.items()})
-    for r in all_rows:
-        r["method"] = rename(r["method"])
-    return all_rows, fit_times, made_at
-
-
-def renamed(method):
-    """A cached row's method under its present name."""
-    head, sep, setup = method.partition(" [")
-    return RENAMED.get(head, head) + sep + setup
-
-
-def header_lines(title, script, args, made_at, fit_times, fit_label):
-    """Report head: title, the command, the machine, where cached rows come from, fit times."""
-    seeds = " ".join(str(s) for s in args.seeds)
-    return [
-        f"# {title}", "",
-        f"Command: `SCAUG_DATA_DIR=../shared/data python benchmarks/{script} --datasets "
-        f"{' '.join(args.datasets)} --seeds {seeds}`", "",
-        f"Machine: {machine()}", "",
-        *(["Rows read from the cache, computed at: " + "; ".join(
-            f"{k}: {v}" for k, v in made_at.items()), ""] if made_at else []),
-        f"{fit_label} (wall clock): "
-        + "; ".join(f"{k}: " + ", ".join(f"{a} {b:.0f} s" for a, b in v.items())
-                    for k, v in fit_times.items()), "",
-    ]
-
-
-def summary_lines(rows, datasets):
-    """Markdown summary tables: per data set and method, means over types and seeds."""
-    summary = summarise(rows)
-    lines = []
-    for name in datasets:
-        refs = [r["c2st_auc"] for r in rows if r["dataset"] == name and r["method"] == REFERENCE]
-        lines += [f"**{name}** (reference AUC {np.mean(refs):.3f})", "",
-                  "| method | c2st_auc | gap | latent_dcr_ratio | type x seed |",
-                  "|---|---|---|---|---|"]
-        for (ds, method), acc in summary.items():
-            if ds == name:
-                ldcr = f"{np.mean(acc['ldcr']):.2f}" if acc["ldcr"] else ""
-                lines.append(f"| {method} | {np.mean(acc['auc']):.3f} | {np.mean(acc['gap']):+.3f}"
-                             f" | {ldcr} | {len(acc['units'])} |")
-        lines.append("")
-    return lines
-
-
-def main(argv=None):
-    parser = base_parser(__doc__, "fidelity", seeds=[0])
-    parser.add_argument("--skip-defaults", action="store_true",
-                        help="leave out the rows of the present default model (and their fits)")
-    args = parser.parse_args(argv)
-    runners = [(run, CACHE, None)]
-    if not args.skip_defaults:
-        runners.append((run_defaults, CACHE + "_defaults", "defaults"))
-    all_rows, fit_times, made_at = collect_rows(args, runners, renamed)
-    cols = ["dataset", "seed", "type", "method", "n_train", "n_heldout", "c2st_auc", "mmd",
-            "mean_corr", "var_corr", "zero_frac_err", "lib_dist", "dcr_ratio", "latent_dcr_ratio",
-            "acceptance"]
-    lines = [
-        *header_lines("Fidelity of synthetic rare cells (held-out real cells as the reference)",
-                      "fidelity.py", args, made_at, fit_times, "SCLD fit time"),
-        "Half/half stratified split per seed; the three rarest types capped at 10 labelled "
-        "training cells. `[smoothing 4, ...]`: the present default model (`latent_smoothing=4`; "
-        "its default sampling is `SCLD conditional (w=1)`) trained on the capped split "
-        "(`10-shot`), on an autoencoder pretrained without labels on the whole training half "
-        "(`pretrained AE`), or in one call on the whole training half with the rare types' other "
-        "training cells labelled -1 (`semi-supervised`; its `latent_dcr_ratio` is measured "
-        "against all the type's training cells). The other set-ups are revision 1 (the first "
-        "defaults: no latent smoothing, sampled with all three guidances). "
-        "`[10-shot]`: autoencoder and diffusion trained on the capped split; "
-        "`[pretrained AE]`: autoencoder pretrained without labels on the whole training half, "
-        "diffusion on the capped labelled cells; `[gene-cell AE]`: the same with "
-        "`CellAutoencoder(dispersion=\"gene-cell\")`; `[revision 2 ...]`: the settings tried as "
-        "defaults and reverted (`CellAutoencoder(dispersion=\"gene-cell\", latent_noise=1.0)`, "
-        "`SCLD(latent_smoothing=4)`), pretrained the same way, and that autoencoder without "
-        "latent smoothing. `autoencoder only` rows re-draw the held-out cells through "
-        "the autoencoder (the gap it alone opens). Synthetic cells compared with the test cells "
-        "of the type (seen by no model), in log-normalised space. `c2st_auc`: classifier "
-        "two-sample test (0.5 = indistinguishable); the reference row compares two halves of the "
-        "held-out real cells. `dcr_ratio`: median distance of synthetic cells to their closest "
-        "training cell over that of held-out real cells (about 1 is healthy, near 0 is copying); "
-        "`latent_dcr_ratio`: the same in the autoencoder's latent space, where the count noise "
-        "cannot hide copied latents. `acceptance`: share of candidates that passed screening.", "",
-        "## Summary", "",
-        "Means over the rare types and seeds. `gap`: c2st AUC minus the reference AUC of the same "
-        "type and seed (0 = as hard to tell from held-out real cells as other real cells are). "
-        "A c2st on 7-75 held-out cells is noisy (about +-0.1 for one type and seed).", ""]
-    lines += summary_lines(all_rows, args.datasets)
-    lines += ["## Every row", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    for r in all_rows:
-        lines.append("| " + " | ".join(fmt(r.get(c)) for c in cols) + " |")
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out + ".md", "w") as fh:
-        fh.write("\n".join(lines) + "\n")
-    with open(args.out + ".json", "w") as fh:
-        json.dump({"rows": all_rows, "fit_seconds": fit_times, "machine": machine()}, fh, indent=1,
-                  default=float)
-    print(f"wrote {args.out}.md")
-
-
-if __name__ == "__main__":
-    main()
+    sys.exit(run.main(["--experiments", NAME, *sys.argv[1:]]))

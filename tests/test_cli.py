@@ -244,6 +244,6 @@ def test_benchmark_list_and_quick(tmp_path):
     assert done.returncode == 0 and "downstream" in done.stdout and "[quick]" in done.stdout
     done = _run("benchmark", "--quick", "--dry-run", "--out-dir", tmp_path)
     assert done.returncode == 0, done.stderr
-    assert "downstream.py --quick --out-dir" in done.stdout and "fidelity" not in done.stdout
+    assert "run.py --quick --out-dir" in done.stdout and "fidelity" not in done.stdout
     done = _run("benchmark", "fidelity", "--quick", "--dry-run")
     assert done.returncode == 2 and "no quick mode" in done.stderr
