@@ -109,7 +109,7 @@ class LatentOverSampler(BaseOverSampler):
     autoencoder_ : CellAutoencoder or None
         The autoencoder that decoded the cells (the given one, a loaded or a newly trained one);
         ``None`` when there was nothing to generate and none was given.
-    sample_latents_ : ndarray of shape (n_synthetic_, n_latent)
+    sample_latents_ : ndarray of shape (`n_synthetic_`, n_latent)
         The latents the synthetic cells were decoded from, comparable with
         ``autoencoder_.transform(X)`` (for ``"copies"``, rows of it).
     n_synthetic_ : int
