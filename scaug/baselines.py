@@ -70,10 +70,9 @@ class LatentOverSampler(BaseOverSampler):
     random_state : int, RandomState instance or None, default=None
         Seeds the training of a new autoencoder, the latent draws, the library sizes and the
         likelihood draws. With an int the output is the same on every call on the CPU, whatever
-        the container of ``X``. A new autoencoder gets the seed that
-        ``SCLDOverSampler(random_state=...)`` gives its own, so the two samplers with the same
-        seed and data decode through the same autoencoder; the library sizes do not depend on
-        ``method``.
+        the container of ``X``. The library sizes do not depend on ``method``, so the three
+        rules with one seed decode their latents with the same library sizes. To compare with
+        SCLD through the very same autoencoder, pass its ``autoencoder_`` (below).
     method : {"gaussian", "bootstrap", "copies"}, default="gaussian"
         How new latents are drawn (above).
     autoencoder : None, CellAutoencoder, str or path-like, default=None
@@ -235,8 +234,7 @@ class LatentOverSampler(BaseOverSampler):
             ae = CellAutoencoder.load(ae, device=self.device)
         names = getattr(self, "feature_names_in_", None)
         if not _fitted(ae):
-            # SCLD(random_state=seed) seeds its autoencoder with seed_from(seed): the same here
-            return self._new_autoencoder(_utils.seed_from(seed)).fit(X, feature_names=names)
+            return self._new_autoencoder(seed).fit(X, feature_names=names)
         try:
             ae.check_genes(_utils.GeneSignature(X.shape, names))
         except ValueError as err:
@@ -270,7 +268,6 @@ class LatentOverSampler(BaseOverSampler):
         request = labelled_request(self, y)
         unlabelled = _utils.unlabelled_mask(np.asarray(y))
         rng = check_random_state(self.random_state)
-        # the first seed is the one SCLDOverSampler gives its model: the same autoencoder
         fit_seed, latent_seed, library_seed, decode_seed = (
             int(s) for s in rng.randint(0, 2**31 - 1, size=4))
         n_generate = sum(request.values())

@@ -23,7 +23,6 @@ from sklearn.utils.estimator_checks import parametrize_with_checks as sklearn_ch
 from scaug import CellAutoencoder
 from scaug.baselines import LatentOverSampler
 from scaug.datasets import simulate
-from scaug.oversampler import SCLDOverSampler
 from scaug.preprocessing import NormalizeLog1p
 
 TINY_AE = {"n_latent": 3, "hidden": (16,)}
@@ -138,17 +137,31 @@ def test_library_sizes_follow_the_types_real_cells(dense, ae):
         assert abs(syn / real - 1) < 0.1, (t, syn, real)
 
 
-def test_same_autoencoder_as_scld_oversampler_with_the_same_seed(dense):
+def test_the_same_seed_gives_every_rule_the_same_library_sizes(dense, ae):
     X, y = dense
-    latent = LatentOverSampler(max_epochs=2, device="cpu", random_state=3,
-                               autoencoder_params={"n_latent": 3, "hidden": (16,)})
-    latent.fit_resample(X, y)
-    scld = SCLDOverSampler(max_epochs=2, device="cpu", random_state=3, n_sample_steps=2,
-                           scld_params={"n_latent": 3, "ae_hidden": (16,), "width": 8, "depth": 1,
-                                        "diffusion_steps": 2})
-    scld.fit_resample(X, y)
-    np.testing.assert_array_equal(latent.autoencoder_.transform(X),
-                                  scld.model_.autoencoder_.transform(X))
+    # copies and an unsmoothed bootstrap draw the same training latents (the same picks from
+    # the latent seed) and get the same library sizes: the same cells, up to the rounding of
+    # the bootstrap's standardisation
+    a, _ = fast(method="copies", autoencoder=ae).fit_resample(X, y)
+    b, _ = fast(method="bootstrap", autoencoder=ae, smoothing=0.0).fit_resample(X, y)
+    totals_a, totals_b = a[len(y):].sum(1), b[len(y):].sum(1)
+    assert np.corrcoef(totals_a, totals_b)[0, 1] > 0.99
+
+
+def test_a_new_autoencoder_has_scld_s_default_settings(dense):
+    from scaug import SCLD
+
+    X, y = dense
+    sampler = LatentOverSampler(max_epochs=1, device="cpu", random_state=0)
+    sampler.fit_resample(X, y)
+    scld = SCLD()
+    got = sampler.autoencoder_.get_params()
+    assert (got["n_latent"], tuple(got["hidden"])) == (scld.n_latent, tuple(scld.ae_hidden))
+    untouched = {"max_epochs", "device", "random_state", "verbose"}
+    defaults = CellAutoencoder().get_params()
+    assert {k: v for k, v in got.items() if k not in untouched} == \
+        {k: v for k, v in defaults.items() if k not in untouched}
+    assert sampler.sample_latents_.shape[1] == 16
 
 
 # -- the autoencoder ---------------------------------------------------------------------------
