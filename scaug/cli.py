@@ -102,6 +102,11 @@ def _parser() -> argparse.ArgumentParser:
                           "to train on)")
     aug.add_argument("--key-added", default="synthetic", metavar="KEY",
                      help="obs column marking synthetic cells (default: synthetic)")
+    aug.add_argument("--batch-key", nargs="+", default=None, metavar="KEY",
+                     help="obs column(s) with the batch, donor or sample: each synthetic cell is "
+                          "generated within a batch, in the proportions of its type's real "
+                          "cells, and gets it in obs[KEY] (default: none, cells averaged over "
+                          "batches)")
     _common(aug, train=True, output="output .h5ad file")
     aug.set_defaults(func=_augment)
 
@@ -113,6 +118,9 @@ def _parser() -> argparse.ArgumentParser:
     fit.add_argument("--labels-key", default=None, metavar="KEY",
                      help="obs column with the cell types (default: none, holistic synthesis "
                           "only); cells with a missing label are used unlabelled")
+    fit.add_argument("--batch-key", nargs="+", default=None, metavar="KEY",
+                     help="obs column(s) with the batch, donor or sample: the model learns the "
+                          "types within each (default: none)")
     _common(fit, train=True, output="file to save the model to, e.g. model.scld")
     fit.set_defaults(func=_fit)
 
@@ -271,6 +279,12 @@ def _model_options(args):
     return params
 
 
+def _batch_key(args):
+    """``--batch-key``: one obs column as a str, several as a list."""
+    keys = args.batch_key
+    return None if keys is None else keys[0] if len(keys) == 1 else list(keys)
+
+
 def _match_types(requested, known, what):
     """Map the type names typed on the command line to the labels (which may be numbers)."""
     by_name = {str(k): k for k in known}
@@ -317,7 +331,9 @@ def _augment(args) -> int:
     seed, device, verbose = params.pop("random_state"), params.pop("device"), params.pop("verbose")
     if args.model is not None:  # a reused model is not trained: only sampling options apply
         params = {k: v for k, v in params.items() if k in tl.SAMPLE_OPTIONS}
-    aug = tl.augment(adata, args.labels_key, layer=args.layer, sampling_strategy=strategy,
+    tl.conditions_of(adata, _batch_key(args), args.labels_key)  # unknown keys fail here
+    aug = tl.augment(adata, args.labels_key, batch_key=_batch_key(args), layer=args.layer,
+                     sampling_strategy=strategy,
                      model=args.model, key_added=args.key_added, random_state=seed,
                      device=device, verbose=verbose, **params)
     n_syn = aug.uns["scaug"]["n_synthetic"]
@@ -339,7 +355,9 @@ def _fit(args) -> int:
     tl.counts_of(adata, args.layer)  # unknown layers and keys fail here, before training
     if args.labels_key is not None:
         tl.labels_of(adata, args.labels_key)
-    model = tl.fit(adata, args.labels_key, layer=args.layer, **_model_options(args))
+    tl.conditions_of(adata, _batch_key(args), args.labels_key)
+    model = tl.fit(adata, args.labels_key, batch_key=_batch_key(args), layer=args.layer,
+                   **_model_options(args))
     model.save(args.output, overwrite=args.overwrite)
     _say(args, f"saved the model to {args.output} in {time.perf_counter() - start:.0f} s")
     return 0
@@ -395,8 +413,10 @@ def _info(args) -> int:
     types = ({} if model.classes_ is None else
              {str(c): int(n) for c, n in zip(model.classes_, model.class_counts_, strict=True)})
     params = {k: v for k, v in model.get_params(deep=False).items() if k != "autoencoder"}
+    conditions = {k: [str(v) for v in vals] for k, vals in model.conditions_.items()}
     if args.json:
         print(json.dumps({"path": args.model, "format_version": version, "types": types,
+                          "conditions": conditions,
                           "n_genes": int(model.n_features_in_),
                           "genes": None if names is None else [str(g) for g in names],
                           "settings": {k: v if isinstance(v, int | float | str | bool | None)
@@ -414,6 +434,9 @@ def _info(args) -> int:
             print(f"  {name.ljust(width)}  {n}")
     else:
         print("cell types: none (fitted without labels)")
+    for key, vals in conditions.items():
+        shown = ", ".join(vals[:5]) + (", ..." if len(vals) > 5 else "")
+        print(f"condition {key} ({len(vals)} values): {shown}")
     print("settings:")
     for key, value in params.items():
         print(f"  {key} = {value!r}")

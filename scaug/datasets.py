@@ -332,6 +332,10 @@ _NON_NEGATIVE = [Interval(Real, 0, None, closed="left")]
         "gene_mean_sd": _NON_NEGATIVE,
         "library_size_sd": _NON_NEGATIVE,
         "dispersion": _POSITIVE,
+        "n_batches": _COUNT,
+        "batch_effect_sd": _NON_NEGATIVE,
+        "batch_type_effect_sd": _NON_NEGATIVE,
+        "batch_library_sd": _NON_NEGATIVE,
         "random_state": ["random_state", np.random.Generator],
     },
     prefer_skip_nested_validation=True,
@@ -348,6 +352,10 @@ def simulate(
     gene_mean_sd=1.0,
     library_size_sd=0.4,
     dispersion=0.2,
+    n_batches=1,
+    batch_effect_sd=0.3,
+    batch_type_effect_sd=0.15,
+    batch_library_sd=0.3,
     random_state=None,
 ):
     """Simulate negative-binomial UMI counts of cell types, some of them rare.
@@ -366,6 +374,16 @@ def simulate(
     Counts are drawn as a gamma-Poisson mixture, that is negative binomial with variance
     ``mean + dispersion[g] * mean**2``, with a gene-wise dispersion
     ``dispersion[g] = dispersion * exp(Normal(0, 0.5))``.
+
+    With ``n_batches > 1`` every cell also belongs to a batch (donor, sample), drawn uniformly,
+    and the mean above is multiplied by ``exp(shift[b, g] + type_shift[b, t, g] +
+    library_shift[b])`` for a cell of batch ``b``: a per-batch, per-gene log-scale shift shared
+    by the types (``shift ~ Normal(0, batch_effect_sd)``), a smaller part specific to each type
+    (``type_shift ~ Normal(0, batch_type_effect_sd)``: a type looks different in each batch)
+    and a library-size shift (``library_shift ~ Normal(0, batch_library_sd)``). The defaults
+    (a 35 % change of a gene's mean for one sd, libraries a third deeper or shallower) are
+    below the marker fold change (4), as technical batch effects are below cell-type
+    differences in well-run experiments, yet large enough to tell the batches apart.
 
     The last ``len(rare_sizes)`` types have exactly the sizes in `rare_sizes`; the other cells are
     split as evenly as possible among the remaining (common) types, the first types taking one
@@ -405,6 +423,19 @@ def simulate(
     dispersion : float, default=0.2
         Typical negative-binomial dispersion of a gene (0 would be Poisson); greater than 0.
 
+    n_batches : int, default=1
+        Number of batches; 1 simulates no batch effect and gives exactly the data of earlier
+        versions (no ``obs["batch"]``).
+
+    batch_effect_sd : float, default=0.3
+        Standard deviation of the per-batch, per-gene log-scale shift shared by all types.
+
+    batch_type_effect_sd : float, default=0.15
+        Standard deviation of the per-batch, per-type, per-gene log-scale shift.
+
+    batch_library_sd : float, default=0.3
+        Standard deviation of the per-batch shift of the log library size.
+
     random_state : int, numpy.random.Generator, numpy.random.RandomState or None, default=None
         Seed or generator; an int gives the same data on every call. A generator passed in is
         advanced.
@@ -417,11 +448,14 @@ def simulate(
         - ``X``: the counts, scipy CSR matrix of float32 integers;
         - ``obs["cell_type"]``: categorical with categories ``"type_0"``, ``"type_1"``, ...;
         - ``obs["n_counts"]``: the total counts of each cell; ``obs["size_factor"]``: its size
-          factor;
+          factor (with its batch's library shift);
+        - ``obs["batch"]`` (only when ``n_batches > 1``): categorical ``"batch_0"``, ...;
         - ``var["marker_of"]``: the type whose marker the gene is, or missing;
         - ``uns["simulation"]``: the parameters (``"params"``) and ground truth:
           ``"base_mean"`` (n_genes,), ``"type_fold_change"`` (n_types, n_genes),
-          ``"dispersion"`` (n_genes,) and ``"type_sizes"`` (n_types,).
+          ``"dispersion"`` (n_genes,) and ``"type_sizes"`` (n_types,); with batches also
+          ``"batch_shift"`` (n_batches, n_genes), ``"batch_type_shift"`` (n_batches, n_types,
+          n_genes) and ``"batch_library_shift"`` (n_batches,).
 
     Raises
     ------
@@ -444,6 +478,9 @@ def simulate(
     (500, 100)
     >>> adata.obs["cell_type"].value_counts().sort_index().tolist()
     [245, 245, 10]
+    >>> batched = simulate(n_cells=500, n_genes=100, n_types=3, n_batches=3, random_state=0)
+    >>> batched.obs["batch"].cat.categories.tolist()
+    ['batch_0', 'batch_1', 'batch_2']
     """
     n_cells, n_genes, n_types, n_markers = int(n_cells), int(n_genes), int(n_types), int(n_markers)
     rare_sizes = list(rare_sizes)
@@ -456,6 +493,8 @@ def simulate(
     rare_sizes = [int(size) for size in rare_sizes]
     fold_change, gene_mean, dispersion = float(fold_change), float(gene_mean), float(dispersion)
     gene_mean_sd, library_size_sd = float(gene_mean_sd), float(library_size_sd)
+    n_batches = int(n_batches)
+    batch_sds = (float(batch_effect_sd), float(batch_type_effect_sd), float(batch_library_sd))
 
     n_common = n_types - len(rare_sizes)
     if n_common < 1:
@@ -495,6 +534,16 @@ def simulate(
     labels = rng.permutation(np.repeat(np.arange(n_types), type_sizes))
     size_factor = np.exp(rng.normal(0.0, library_size_sd, size=n_cells))
     mean = size_factor[:, np.newaxis] * (base_mean * type_fold_change)[labels]
+    batch_truth = {}
+    if n_batches > 1:  # drawn only here, so that one batch leaves the random stream as it was
+        batch = rng.integers(n_batches, size=n_cells)
+        shift = rng.normal(0.0, batch_sds[0], size=(n_batches, n_genes))
+        type_shift = rng.normal(0.0, batch_sds[1], size=(n_batches, n_types, n_genes))
+        library_shift = rng.normal(0.0, batch_sds[2], size=n_batches)
+        mean = mean * np.exp(shift[batch] + type_shift[batch, labels] + library_shift[batch][:, None])
+        size_factor = size_factor * np.exp(library_shift[batch])
+        batch_truth = {"batch_shift": shift, "batch_type_shift": type_shift,
+                       "batch_library_shift": library_shift}
     shape = 1.0 / gene_dispersion
     counts = rng.poisson(rng.gamma(shape, mean / shape))
 
@@ -507,6 +556,9 @@ def simulate(
         },
         index=pd.Index([f"cell_{i}" for i in range(n_cells)]),
     )
+    if n_batches > 1:
+        obs["batch"] = pd.Categorical.from_codes(
+            batch, categories=[f"batch_{b}" for b in range(n_batches)])
     var = pd.DataFrame(
         {"marker_of": pd.Categorical(marker_of, categories=names)},
         index=pd.Index([f"gene_{g}" for g in range(n_genes)]),
@@ -523,6 +575,9 @@ def simulate(
         "library_size_sd": library_size_sd,
         "dispersion": dispersion,
     }
+    if n_batches > 1:
+        params.update(n_batches=n_batches, batch_effect_sd=batch_sds[0],
+                      batch_type_effect_sd=batch_sds[1], batch_library_sd=batch_sds[2])
     uns = {
         "simulation": {
             "params": params,
@@ -530,6 +585,7 @@ def simulate(
             "type_fold_change": type_fold_change,
             "dispersion": gene_dispersion,
             "type_sizes": type_sizes,
+            **batch_truth,
         }
     }
     return ad.AnnData(X=X, obs=obs, var=var, uns=uns)

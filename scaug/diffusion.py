@@ -171,3 +171,86 @@ class GaussianDiffusion:
                 ) * z
                 z = mean + var.sqrt() * step_noise(tuple(z.shape)).to(z.device)
         return z
+
+
+def composed_guidance(model, attributes: torch.Tensor, *, null_label: int, attribute_nulls,
+                      guidance_scale: float = 1.0, attribute_scales=None):
+    """Wrap a denoiser into a ``model_fn(z_t, t, y)`` conditioned on ``y`` and further attributes.
+
+    Classifier-free guidance with one weight per factor, as a wrapper of the network (the
+    sampling loop of :meth:`GaussianDiffusion.sample` does not know about it: pass the wrapper
+    as its ``model``, with ``guidance_scale=1``). For the type ``y`` and attribute values
+    ``a = (a_1, ..., a_K)`` (each row's own; a row whose attribute is at its null token is
+    marginalised over it), with ``v(.)`` the network's prediction:
+
+        v = v(y, a) + (w_y - 1) [v(y, a) - v(null, a)]
+                    + sum_k (w_k - 1) [v(y, a) - v(y, a with a_k null)]
+
+    ``w_y`` is ``guidance_scale``, ``w_k`` the ``attribute_scales``. Why this form rather than
+    CFGen's compositional ``v(null) + sum_k w_k [v(k) - v(null)]``: with every weight 1 it *is*
+    the joint conditional ``v(y, a)``, so plain sampling draws from p(z | y, a) exactly, even
+    when a type looks different in each batch (the compositional form assumes the factors
+    independent given z, and samples a product of marginals instead). Each bracket is (minus
+    sigma times) the score of log p(factor | z, other factors), so the guided sampler targets
+    ``p(z | y, a) * prod p(factor | z, others) ** (w - 1)``: ``w > 1`` sharpens one factor, ``w
+    = 0`` drops it (``w_y = 0, w_k = 1``: a cell of batch ``a_k`` with no type). Without
+    attributes it is the usual ``v(null) + w_y [v(y) - v(null)]``. Factors of weight 1 cost no
+    network call; the others are evaluated in the same batch.
+
+    Parameters
+    ----------
+    model : callable ``(z_t, t, conditions) -> v``
+        A denoiser taking conditions of shape (n, 1 + K): the label, then the attributes.
+    attributes : LongTensor of shape (n, K)
+        Each row's attribute codes (its null code to marginalise).
+    null_label : int
+    attribute_nulls : sequence of int
+        The null code of each attribute.
+    guidance_scale : float, default=1.0
+        ``w_y``.
+    attribute_scales : sequence of float or None, default=None
+        ``w_k`` for each attribute; ``None`` is 1 for all.
+
+    Returns
+    -------
+    model_fn : callable ``(z_t, t, y) -> v``
+
+    Examples
+    --------
+    >>> import torch
+    >>> from scaug.diffusion import composed_guidance
+    >>> def net(z_t, t, c):  # a toy network: the conditions themselves
+    ...     return c.float()
+    >>> attrs = torch.tensor([[1], [0]])
+    >>> fn = composed_guidance(net, attrs, null_label=9, attribute_nulls=[5],
+    ...                        guidance_scale=1.0, attribute_scales=[2.0])
+    >>> fn(torch.zeros(2, 2), torch.zeros(2), torch.tensor([3, 4]))  # attribute pushed away from 5
+    tensor([[ 3., -3.],
+            [ 4., -5.]])
+    """
+    nulls = [int(null_label), *(int(v) for v in attribute_nulls)]
+    scales = [float(guidance_scale), *(1.0 for _ in nulls[1:])] if attribute_scales is None else \
+        [float(guidance_scale), *(float(w) for w in attribute_scales)]
+    if attributes.ndim != 2 or attributes.shape[1] != len(nulls) - 1 or len(scales) != len(nulls):
+        raise ValueError(f"attributes must have shape (n, {len(nulls) - 1}) and one scale per "
+                         f"attribute; got shape {tuple(attributes.shape)} and "
+                         f"{len(scales) - 1} scale(s).")
+    guided = [j for j, w in enumerate(scales) if w != 1.0]
+
+    def model_fn(z_t, t, y):
+        full = torch.cat([y.long()[:, None], attributes.to(y.device).long()], dim=1)
+        if not guided:
+            return model(z_t, t, full)
+        variants = [full]
+        for j in guided:
+            dropped = full.clone()
+            dropped[:, j] = nulls[j]
+            variants.append(dropped)
+        m = len(variants)
+        out = model(z_t.repeat(m, 1), t.repeat(m), torch.cat(variants)).chunk(m)
+        v = out[0]
+        for j, other in zip(guided, out[1:], strict=True):
+            v = v + (scales[j] - 1.0) * (out[0] - other)
+        return v
+
+    return model_fn

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import copy
 import os
+import warnings
+from collections.abc import Mapping
 from numbers import Integral, Real
 
 import numpy as np
@@ -171,9 +173,30 @@ class SCLD(BaseEstimator):
     type_summaries_ : scaug.sampling.TypeSummaries
         Per type: library-size quantiles and a Gaussian summary of its latents (for library
         draws and screening). The model keeps no per-cell data.
+    conditions_ : dict
+        The further attributes given to :meth:`fit` (``conditions``), in their order: ``{name:
+        ndarray of its values}``, sorted as ``classes_`` (index ``i`` is the attribute's code
+        ``i``); empty when fitted without conditions.
+    condition_counts_ : DataFrame
+        Training cells per combination of type and attribute values seen in training: columns
+        ``cell_type`` (``-1`` for cells without a type), one per attribute, and ``n_cells``.
+        For (type, value) pairs: ``condition_counts_.pivot_table(index="cell_type",
+        columns="batch", values="n_cells", aggfunc="sum", fill_value=0)``.
+    library_shifts_ : dict
+        Count models fitted with conditions: ``{name: ndarray of shape (n_types, n_values)}``,
+        the shift of the log library size of a type's cells with each value from the type's
+        median (the median over those cells when there are at least 10 of them, else the
+        value's median shift over all its cells); one row for a model without labels.
+        Sampling within values multiplies the type's library draws by ``exp(shift)`` (summed
+        over the attributes). Empty otherwise.
     sampling_report_ : dict
         Set by :meth:`sample`: per type, cells requested, candidates drawn, candidates that
-        passed screening (`accepted`) and the acceptance rate.
+        passed screening (`accepted`) and the acceptance rate; with ``conditions``, also
+        ``"conditions"``: ``{attribute: {value: {"requested": cells, "training_cells": the
+        type's training cells with that value}}}``.
+    sample_conditions_ : DataFrame of shape (n_total, n_attributes)
+        Set by :meth:`sample`: the attribute values each cell was generated within (None where
+        marginalised), aligned with its output.
     sample_latents_ : ndarray of shape (n_total, n_latent)
         Set by :meth:`sample`: the autoencoder latents its cells were decoded from, comparable
         with ``autoencoder_.transform(X)`` (for example to check that samples are not copies of
@@ -294,7 +317,7 @@ class SCLD(BaseEstimator):
     # -- fit -----------------------------------------------------------------------------------
     @_fit_context(prefer_skip_nested_validation=True)
     @_utils.with_cpu_threads
-    def fit(self, X, y=None, *, feature_names=None):
+    def fit(self, X, y=None, *, conditions=None, feature_names=None):
         """Fit the autoencoder (unless given) and the latent diffusion model.
 
         Parameters
@@ -315,6 +338,17 @@ class SCLD(BaseEstimator):
             not a type that can be generated. Many unlabelled cells beside a few labelled ones of
             a rare type are what lets the autoencoder render that type's unseen cells
             (``docs/fidelity_10shot.md``).
+        conditions : mapping or DataFrame, optional
+            Further categorical attributes of each cell, such as the donor, batch or sample:
+            ``{name: one value per cell}`` or a DataFrame with one column per attribute (e.g.
+            ``adata.obs[["donor"]]``); names are strings other than ``"cell_type"`` and
+            ``"n_cells"``, values hashable and never missing. The model then learns the
+            cells of a type within a value of each attribute, or marginalised over it: each
+            attribute gets its own embedding and null token in the denoiser, and training
+            drops the type and each attribute independently (``label_dropout``). Sample with
+            ``sample(..., conditions=...)``. The smoothed bootstrap (``latent_smoothing``)
+            then works per combination of type and values, so it does not blur what sets a
+            batch apart; count models learn each value's library-size shift.
         feature_names : array-like of str, optional
             Gene names for input without column names (an AnnData's ``var_names``); a saved
             model then refuses data with other genes, and a pretrained ``autoencoder`` with other
@@ -342,6 +376,7 @@ class SCLD(BaseEstimator):
                 raise ValueError("Every label in y is -1 (unlabelled); fit with y=None for a "
                                  "model without labels, or label some cells.")
             _utils.check_sortable(y[~unlabelled])
+        attributes = sampling.check_conditions(conditions, X.shape[0])
         ae = self._pretrained_autoencoder(device)
         overlap = None
         if ae is not None:
@@ -378,22 +413,33 @@ class SCLD(BaseEstimator):
             Zs[labelled], codes[labelled], n_classes,
             library=library[labelled] if counts else None,
             quantile=float(self.screening_quantile))
+        # the attributes: values sorted (as classes_), codes in the denoiser's columns, and the
+        # groups of one type and one value of each attribute for the smoothed bootstrap
+        condition_values, attribute_codes = _condition_codes(attributes, X.shape[0])
+        typed = np.where(unlabelled | (y is None), -1, codes)  # -1: a cell without a type
+        train_codes = codes if not attributes else np.column_stack([codes, attribute_codes])
+        groups = np.where(unlabelled, -1, codes)  # unlabelled cells are learned as they are
+        if attributes:
+            groups = _group_ids(np.column_stack([groups, attribute_codes]), groups < 0)
+        library_shifts = (_library_shifts(library, typed, attribute_codes, condition_values,
+                                          n_classes) if counts and attributes else {})
 
         n_steps = self.diffusion_steps or _default_steps(X.shape[0], 3000)
         if self.max_epochs is not None:
             n_steps = min(n_steps, self.max_epochs * max(1, int(np.ceil(X.shape[0] / self.batch_size))))
         diffusion = GaussianDiffusion()
         null = n_classes if classes is not None else 0
-        shrunk, spread = _smoothed_bootstrap(Zs, np.where(unlabelled, -1, codes),
-                                             float(self.latent_smoothing))
+        shrunk, spread = _smoothed_bootstrap(Zs, groups, float(self.latent_smoothing))
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), \
                 _utils.flush_denormal():
             torch.manual_seed(seed + 1)
-            denoiser = Denoiser(Zs.shape[1], n_classes, int(self.width), int(self.depth))
+            denoiser = Denoiser(Zs.shape[1], n_classes, int(self.width), int(self.depth),
+                                n_values=[len(v) for v in condition_values.values()])
             plan = DenoiserPlan(denoiser, diffusion, null_label=null,
+                                attribute_nulls=denoiser.n_values,
                                 label_dropout=self.label_dropout, conditional=classes is not None,
                                 learning_rate=self.learning_rate, n_steps=n_steps, seed=seed + 1)
-            data = MinibatchData([shrunk, spread, codes], batch_size=int(self.batch_size),
+            data = MinibatchData([shrunk, spread, train_codes], batch_size=int(self.batch_size),
                                  seed=seed + 1, n_batches=n_steps, draw=BalancedDraws(codes))
             fit_plan(plan, data, device=device, trainer_kwargs=self.trainer_kwargs,
                      max_steps=n_steps, desc="diffusion", verbose=self.verbose)
@@ -428,6 +474,10 @@ class SCLD(BaseEstimator):
         self.latent_mean_ = latent_mean
         self.latent_scale_ = latent_scale
         self.type_summaries_ = summaries
+        self.conditions_ = condition_values
+        self.condition_counts_ = _count_table(classes, condition_values, *np.unique(
+            np.column_stack([typed, attribute_codes]), axis=0, return_counts=True))
+        self.library_shifts_ = library_shifts
         self.diffusion_ = diffusion
         self.classifier_ = None if classifier is None else classifier.to(device)
         self.classifier_history_ = classifier_history
@@ -438,16 +488,39 @@ class SCLD(BaseEstimator):
 
     # -- sampling ------------------------------------------------------------------------------
     @_utils.with_cpu_threads
-    def sample(self, n, *, random_state=None, guidance_scale=None, classifier_scale=None,
-               screening=None, screening_threshold=None, n_sample_steps=None, sampler=None,
-               batch_size=4096, max_cells=1_000_000):
+    def sample(self, n, *, conditions=None, condition_scales=None, random_state=None,
+               guidance_scale=None, classifier_scale=None, screening=None,
+               screening_threshold=None, n_sample_steps=None, sampler=None, batch_size=4096,
+               max_cells=1_000_000):
         """Synthesize cells.
 
         Parameters
         ----------
         n : int or mapping
-            ``{cell type: number}`` synthesizes those types (pre-guidance); an int synthesizes the
-            whole population, with types drawn in the training proportions.
+            ``{cell type: number}`` synthesizes those types (pre-guidance), type by type in
+            this order; an int synthesizes the whole population, with types drawn in the
+            training proportions (of the training cells with the given ``conditions``, when
+            they are given).
+        conditions : mapping, optional
+            For a model fitted with ``conditions``: ``{attribute: value}`` generates every cell
+            within that value (a type within a donor, batch or sample); ``{attribute: values}``
+            with one value per requested cell (for a mapping ``n``, in its order: the first
+            ``n[first type]`` values for the first type ...) spreads them; ``None`` (as the
+            value, or an entry of the values) marginalises the attribute, as does leaving it
+            out. A (type, value) pair without training cells can be asked for: SCLD composes
+            it from what it learned of the type and of the value apart, and warns. The values
+            used are in ``sample_conditions_``.
+        condition_scales : mapping, optional
+            ``{attribute: weight w}``, 1 for an attribute left out. Classifier-free guidance
+            per factor, ``guidance_scale`` being the type's weight::
+
+                v = v(y, a) + (w_y - 1) [v(y, a) - v(null, a)]
+                            + sum_k (w_k - 1) [v(y, a) - v(y, a with a_k null)]
+
+            With every weight 1 (the default) this is the joint conditional, an exact draw of
+            the type within the values; ``w > 1`` pushes the cells toward what is typical of
+            the value, ``w = 0`` ignores it (:func:`scaug.diffusion.composed_guidance` says why
+            this form).
         random_state : int, RandomState instance or None, default=None
             Seeds the sampling noise; ``None`` falls back to the model's ``random_state``.
         guidance_scale, classifier_scale, screening, screening_threshold, n_sample_steps, sampler
@@ -462,9 +535,26 @@ class SCLD(BaseEstimator):
         X_syn : ndarray or CSR matrix of shape (n_total, n_genes)
             Integer counts if the model was fitted on counts, continuous values otherwise; CSR
             when the model was fitted on sparse input. The input's dtype, or a wider integer
-            dtype (with a warning) when a count would not fit it.
+            dtype (with a warning) when a count would not fit it. A count model draws the
+            library sizes of a type's cells from its real ones, shifted by each given value's
+            library-size shift (``library_shifts_``).
         y_syn : ndarray of shape (n_total,) or None
             The cell type each cell was generated for (None when fitted without labels).
+
+        Examples
+        --------
+        >>> from scaug import SCLD
+        >>> from scaug.datasets import simulate
+        >>> adata = simulate(n_cells=300, n_genes=50, n_batches=2, random_state=0)
+        >>> tiny = dict(n_latent=4, ae_hidden=(32,), width=32, depth=1, max_epochs=2)
+        >>> model = SCLD(verbose=False, random_state=0, **tiny).fit(
+        ...     adata.X, adata.obs["cell_type"], conditions=adata.obs[["batch"]])
+        >>> X_syn, y_syn = model.sample({"type_3": 4, "type_0": 2},
+        ...                             conditions={"batch": "batch_1"}, random_state=0)
+        >>> model.sample_conditions_["batch"].tolist()
+        ['batch_1', 'batch_1', 'batch_1', 'batch_1', 'batch_1', 'batch_1']
+        >>> model.sampling_report_["type_3"]["conditions"]["batch"]["batch_1"]["training_cells"]
+        11
         """
         check_is_fitted(self, "denoiser_")
         opts = {k: getattr(self, k) if v is None else v for k, v in dict(
@@ -475,58 +565,159 @@ class SCLD(BaseEstimator):
         for name, v in (("batch_size", batch_size), ("max_cells", max_cells)):
             if not (isinstance(v, Integral) and not isinstance(v, bool) and v >= 1):
                 raise ValueError(f"{name} must be a positive int; got {v!r}.")
+        values = self._condition_values()
+        scales = _attribute_scales(condition_scales, values)
         seed = _utils.seed_from(self.random_state if random_state is None else random_state)
         rng = np.random.default_rng(seed)
         gen = _utils.cpu_generator(seed)
-        plan = sampling.resolve_request(n, self.classes_, self.class_counts_, rng, int(max_cells))
+        class_counts = self.class_counts_
+        if conditions is not None and not isinstance(n, Mapping):
+            # the population within the given values: their training cells' type proportions
+            fixed = sampling.resolve_conditions(conditions, values, 1, per_cell=False)[0]
+            class_counts = self._class_counts_within(fixed)
+        plan = sampling.resolve_request(n, self.classes_, class_counts, rng, int(max_cells))
+        attribute_codes = sampling.resolve_conditions(
+            conditions, values, sum(k for _, k in plan), per_cell=isinstance(n, Mapping))
         with _utils.flush_denormal():
-            return self._sample(plan, opts, int(batch_size), rng, gen)
+            return self._sample(plan, attribute_codes, scales, opts, int(batch_size), rng, gen)
 
-    def _sample(self, plan, opts, batch_size, rng, gen):
+    def _condition_values(self) -> dict:
+        return getattr(self, "conditions_", None) or {}  # a model pickled before conditions
+
+    def _pair_counts(self) -> dict:
+        """Per attribute, training cells per (type, value): labelled types only, one row of all
+        cells for a model without labels."""
+        values = self._condition_values()
+        table = self.condition_counts_
+        if self.classes_ is None:
+            rows = np.zeros(len(table), dtype=np.int64)
+            n_rows = 1
+        else:
+            lookup = {_utils.plain_label(c): i for i, c in enumerate(self.classes_)}
+            # -1 (cells without a type) is never a class
+            rows = np.array([lookup.get(_utils.plain_label(c), -1) for c in table["cell_type"]],
+                            dtype=np.int64)
+            n_rows = len(self.classes_)
+        out = {}
+        for name, vals in values.items():
+            lookup = {_utils.plain_label(v): i for i, v in enumerate(vals)}
+            cols = np.array([lookup[_utils.plain_label(v)] for v in table[name]], dtype=np.int64)
+            counts = np.zeros((n_rows, len(vals)), dtype=np.int64)
+            keep = rows >= 0
+            np.add.at(counts, (rows[keep], cols[keep]), table["n_cells"].to_numpy()[keep])
+            out[name] = counts
+        return out
+
+    def _class_counts_within(self, fixed: np.ndarray) -> np.ndarray:
+        """Training cells of each type that have every given (non-null) attribute value."""
+        values = self._condition_values()
+        table = self.condition_counts_
+        keep = np.ones(len(table), dtype=bool)
+        given = []
+        for j, (name, vals) in enumerate(values.items()):
+            if fixed[j] < len(vals):
+                keep &= np.array([_utils.plain_label(v) == _utils.plain_label(vals[fixed[j]])
+                                  for v in table[name]], dtype=bool)
+                given.append(f"{name}={_utils.plain_label(vals[fixed[j]])!r}")
+        if self.classes_ is None:
+            counts = np.array([int(table["n_cells"][keep].sum())])
+        else:
+            lookup = {_utils.plain_label(c): i for i, c in enumerate(self.classes_)}
+            counts = np.zeros(len(self.classes_), dtype=np.int64)
+            for c, m in zip(table["cell_type"][keep], table["n_cells"][keep], strict=True):
+                i = lookup.get(_utils.plain_label(c))
+                if i is not None:
+                    counts[i] += int(m)
+        if given and counts.sum() == 0:
+            warnings.warn(f"No labelled training cell has {', '.join(given)}; the types are drawn "
+                          "in the proportions of all training cells.", UserWarning, stacklevel=4)
+            return self.class_counts_
+        return counts if given else self.class_counts_
+
+    def _sample(self, plan, attribute_codes, scales, opts, batch_size, rng, gen):
         labelled = self.classes_ is not None
         null = len(self.classes_) if labelled else 0
+        values = self._condition_values()
+        names = list(values)
+        n_latent = len(self.latent_mean_)
 
-        def draw(code, m):
+        def draw(code, attrs, m):
             return sampling.draw_latents(
                 self.diffusion_, self.denoiser_, self.classifier_, code=code, n=m,
-                n_latent=len(self.latent_mean_), labelled=labelled, null=null, gen=gen,
+                n_latent=n_latent, labelled=labelled, null=null, gen=gen,
                 device=self.device_, guidance_scale=float(opts["guidance_scale"]),
                 classifier_scale=float(opts["classifier_scale"]),
                 n_sample_steps=int(opts["n_sample_steps"]), sampler=opts["sampler"],
-                batch_size=batch_size)
+                batch_size=batch_size, attributes=attrs, attribute_scales=scales)
 
-        report, blocks_z, blocks_y = {}, [], []
+        pairs = self._pair_counts() if names else {}
+        report, blocks_z, blocks_y, unseen = {}, [], [], []
         bar = tqdm(total=sum(k for _, k in plan), desc="sampling", disable=not self.verbose,
                    leave=False)
+        offset = 0
         for code, k in plan:
             if k == 0:
                 continue
             label = _utils.plain_label(self.classes_[code]) if labelled else None
-            if not opts["screening"]:
-                Zc, drawn, accepted = draw(code, k), k, k
+            rows = attribute_codes[offset:offset + k]
+            offset += k
+            if names:  # one run of the sampler per combination of values, in a fixed order
+                combos, inverse = np.unique(rows, axis=0, return_inverse=True)
+                groups = [(combo, np.flatnonzero(inverse.ravel() == g))
+                          for g, combo in enumerate(combos)]
             else:
-                def accept(Z, code=code):
-                    return sampling.screen(
-                        self.type_summaries_, self.classifier_, self.diffusion_, code, Z,
-                        threshold=opts["screening_threshold"],
-                        tolerance=self.screening_tolerance, device=self.device_)
+                groups = [(None, np.arange(k))]
+            Zc = np.empty((k, n_latent), dtype=np.float32)
+            drawn = accepted = 0
+            for combo, idx in groups:
+                if not opts["screening"]:
+                    Zg, d, a = draw(code, combo, len(idx)), len(idx), len(idx)
+                else:
+                    def accept(Z, code=code):
+                        return sampling.screen(
+                            self.type_summaries_, self.classifier_, self.diffusion_, code, Z,
+                            threshold=opts["screening_threshold"],
+                            tolerance=self.screening_tolerance, device=self.device_)
 
-                Zc, drawn, accepted = sampling.screened_latents(
-                    lambda m, code=code: draw(code, m), accept, k, max_rounds=self.max_rounds,
-                    label="cells" if label is None else label)
+                    where = "" if combo is None else "".join(
+                        f" {n}={_utils.plain_label(values[n][c])!r}"
+                        for n, c in zip(names, combo, strict=True) if c < len(values[n]))
+                    Zg, d, a = sampling.screened_latents(
+                        lambda m, code=code, combo=combo: draw(code, combo, m), accept, len(idx),
+                        max_rounds=self.max_rounds,
+                        label=("cells" if label is None else str(label)) + where)
+                Zc[idx] = Zg
+                drawn, accepted = drawn + d, accepted + a
             report[label] = {"requested": k, "drawn": drawn, "accepted": accepted,
                              "acceptance_rate": accepted / drawn if drawn else float("nan")}
+            if names:
+                report[label]["conditions"] = _condition_report(
+                    rows, values, pairs, code if labelled else 0, label, unseen)
             blocks_z.append(Zc)
             blocks_y.append(np.full(k, code))
             bar.update(k)
         bar.close()
+        if unseen:
+            listed = ", ".join(f"{'' if t is None else f'{t!r} in '}{n}={v!r} ({m} cells)"
+                               for t, n, v, m in unseen)
+            warnings.warn(
+                f"No training cell had these (type, value) pairs: {listed}. SCLD composes such "
+                "cells from what it learned of the type and of the value apart; check them "
+                "before use (sampling_report_[type]['conditions']).", UserWarning, stacklevel=4)
         self.sampling_report_ = report
-        n_latent = len(self.latent_mean_)
         Zs = np.concatenate(blocks_z) if blocks_z else np.zeros((0, n_latent), np.float32)
         codes = np.concatenate(blocks_y) if blocks_y else np.zeros(0, np.int64)
         Z = (Zs * self.latent_scale_ + self.latent_mean_).astype(np.float32)
         self.sample_latents_ = Z
+        self.sample_conditions_ = _conditions_frame(attribute_codes, values)
         library = self.type_summaries_.draw_library(codes, rng) if self.counts_ else None
+        shifts = getattr(self, "library_shifts_", None)
+        if library is not None and shifts:
+            # each given value's library-size shift (a marginalised attribute shifts nothing)
+            rows = codes if labelled else np.zeros_like(codes)
+            shift = sum(np.pad(shifts[n], ((0, 0), (0, 1)))[rows, attribute_codes[:, j]]
+                        for j, n in enumerate(names))
+            library = np.round(library * np.exp(shift)).astype(np.float32)
         # about 64 MB of float32 per decoded block, whatever the number of genes
         cells_per_batch = max(1, min(4096, 2**24 // self.n_features_in_))
         X = sampling.decode(self.autoencoder_, Z, library, gen, sparse=self.sparse_input_,
@@ -580,6 +771,7 @@ class SCLD(BaseEstimator):
             "latent_mean": torch.from_numpy(self.latent_mean_),
             "latent_scale": torch.from_numpy(self.latent_scale_),
             "type_summaries": self.type_summaries_.state(),
+            "conditions": _conditions_state(self),
             "diffusion_steps": self.diffusion_.n_steps,
             "history": {"diffusion": [float(v) for v in self.diffusion_history_],
                         "classifier": [float(v) for v in self.classifier_history_]},
@@ -615,6 +807,10 @@ class SCLD(BaseEstimator):
         model.latent_mean_ = state["latent_mean"].numpy()
         model.latent_scale_ = state["latent_scale"].numpy()
         model.type_summaries_ = sampling.TypeSummaries.from_state(state["type_summaries"])
+        # files written before conditions existed have none
+        (model.conditions_, model.condition_counts_,
+         model.library_shifts_) = _conditions_from_state(state.get("conditions"), model, path,
+                                                         state["denoiser"])
         model.diffusion_ = GaussianDiffusion(state["diffusion_steps"])
         model.diffusion_history_ = state["history"]["diffusion"]
         model.classifier_history_ = state["history"]["classifier"]
@@ -625,7 +821,8 @@ class SCLD(BaseEstimator):
             model.classifier_.load_state_dict(state["classifier"])
             model.classifier_.to(dev).eval()
         model.device_ = dev
-        model.denoiser_ = Denoiser(d, n_classes, int(model.width), int(model.depth))
+        model.denoiser_ = Denoiser(d, n_classes, int(model.width), int(model.depth),
+                                   n_values=[len(v) for v in model.conditions_.values()])
         model.denoiser_.load_state_dict(state["denoiser"])
         model.denoiser_.to(dev).eval()
         return model
@@ -653,3 +850,196 @@ class SCLD(BaseEstimator):
 
 def _is_fitted_autoencoder(ae) -> bool:
     return isinstance(ae, CellAutoencoder) and hasattr(ae, "module_")
+
+
+# -- conditions ----------------------------------------------------------------------------------
+def _condition_codes(attributes: dict, n_cells: int):
+    """``({name: sorted values}, codes of shape (n_cells, n_attributes))``."""
+    values, columns = {}, []
+    for name, column in attributes.items():
+        values[name], code = np.unique(column, return_inverse=True)
+        columns.append(code.astype(np.int64))
+    return values, (np.column_stack(columns) if columns else np.zeros((n_cells, 0), np.int64))
+
+
+def _group_ids(rows: np.ndarray, skip: np.ndarray) -> np.ndarray:
+    """An id per distinct row (-1 where ``skip``): the cells of one type and one value of each
+    attribute form one group."""
+    _, ids = np.unique(rows, axis=0, return_inverse=True)
+    return np.where(skip, -1, ids.ravel())
+
+
+#: least training cells of a (type, value) pair for its own library-size shift
+MIN_PAIR_CELLS = 10
+
+
+def _library_shifts(library, typed, attribute_codes, values, n_types) -> dict:
+    """Per attribute, the shift of the log library size of each (type, value) pair.
+
+    ``log(library) - median log(library) of the cell's type`` (cells without a type as one
+    group), its median over the pair's cells, or over all the value's cells for a pair of fewer
+    than :data:`MIN_PAIR_CELLS` (a batch sequenced deeper shifts every type alike, so a type
+    never seen in that batch gets the batch's shift). A model without labels has one row.
+    """
+    log_lib = np.log(np.maximum(library, 1.0))
+    resid = np.empty_like(log_lib)
+    for c in np.unique(typed):
+        where = typed == c
+        resid[where] = log_lib[where] - np.median(log_lib[where])
+    rows = typed if (typed >= 0).any() else np.zeros_like(typed)
+    out = {}
+    for j, (name, vals) in enumerate(values.items()):
+        shifts = np.zeros((n_types, len(vals)))
+        for v in range(len(vals)):
+            of_value = attribute_codes[:, j] == v
+            shifts[:, v] = np.median(resid[of_value])
+            for c in range(n_types):
+                pair = of_value & (rows == c)
+                if pair.sum() >= MIN_PAIR_CELLS:
+                    shifts[c, v] = np.median(resid[pair])
+        out[name] = shifts
+    return out
+
+
+def _count_table(classes, values: dict, rows, n):
+    """Training cells per combination of type (-1: none) and attribute values, as a DataFrame:
+    ``rows`` holds the codes of each combination (type, then attributes), ``n`` its cells."""
+    import pandas as pd
+
+    rows = np.asarray(rows, dtype=np.int64).reshape(len(n), 1 + len(values))
+    types = np.asarray([-1 if c < 0 else classes[c] for c in rows[:, 0]], dtype=object)
+    table = {"cell_type": types}
+    for j, (name, vals) in enumerate(values.items()):
+        table[name] = vals[rows[:, 1 + j]]
+    table["n_cells"] = n.astype(np.int64)
+    return pd.DataFrame(table)
+
+
+def _attribute_scales(condition_scales, values: dict) -> list:
+    """One guidance weight per attribute, in the model's order (1 for those not given)."""
+    if condition_scales is None:
+        return [1.0] * len(values)
+    if not isinstance(condition_scales, Mapping):
+        raise TypeError("condition_scales must be a mapping {attribute: weight >= 0}; got "
+                        f"{type(condition_scales).__name__}.")
+    for name, w in condition_scales.items():
+        if name not in values:
+            raise ValueError(f"Unknown condition {name!r} in condition_scales; the model knows "
+                             f"{list(values) or 'none: it was fitted without conditions'}.")
+        if isinstance(w, bool) or not isinstance(w, Real) or not np.isfinite(w) or w < 0:
+            raise ValueError(f"condition_scales[{name!r}] must be a number >= 0; got {w!r}.")
+    return [float(condition_scales.get(name, 1.0)) for name in values]
+
+
+def _condition_report(rows, values, pairs, type_row, label, unseen) -> dict:
+    """``{attribute: {value: {"requested", "training_cells"}}}`` of one type's cells; the pairs
+    without training cells are added to ``unseen``."""
+    out = {}
+    for j, (name, vals) in enumerate(values.items()):
+        given, counts = np.unique(rows[:, j][rows[:, j] < len(vals)], return_counts=True)
+        if len(given) == 0:
+            continue  # marginalised
+        out[name] = {}
+        for v, m in zip(given, counts, strict=True):
+            value = _utils.plain_label(vals[v])
+            n_train = int(pairs[name][type_row, v])
+            out[name][value] = {"requested": int(m), "training_cells": n_train}
+            if n_train == 0:
+                unseen.append((label, name, value, int(m)))
+    return out
+
+
+def _conditions_frame(attribute_codes, values: dict):
+    """The attribute values of each sampled cell (None where marginalised), as a DataFrame."""
+    import pandas as pd
+
+    data = {}
+    for j, (name, vals) in enumerate(values.items()):
+        column = np.empty(len(attribute_codes), dtype=object)
+        given = attribute_codes[:, j] < len(vals)
+        column[given] = [_utils.plain_label(v) for v in vals[attribute_codes[given, j]]]
+        data[name] = column
+    return pd.DataFrame(data, index=pd.RangeIndex(len(attribute_codes)))
+
+
+def _conditions_state(model) -> dict | None:
+    """The attributes, their values and training counts as plain values and tensors."""
+    values = model._condition_values()
+    if not values:
+        return None
+    table = model.condition_counts_
+    classes = {} if model.classes_ is None else {
+        _utils.plain_label(c): i for i, c in enumerate(model.classes_)}
+    codes = [[classes.get(_utils.plain_label(c), -1) for c in table["cell_type"]]]
+    for name, vals in values.items():
+        lookup = {_utils.plain_label(v): i for i, v in enumerate(vals)}
+        codes.append([lookup[_utils.plain_label(v)] for v in table[name]])
+    shifts = model.library_shifts_
+    return {"names": list(values), "values": [_utils.to_plain_list(v) for v in values.values()],
+            "dtypes": [str(v.dtype) for v in values.values()],
+            "count_codes": torch.tensor(np.array(codes, dtype=np.int64).T.copy()),
+            "n_cells": torch.from_numpy(table["n_cells"].to_numpy(dtype=np.int64).copy()),
+            "library_shifts": None if not shifts else [torch.from_numpy(
+                np.asarray(shifts[n], dtype=np.float64)) for n in values]}
+
+
+def _embedding_sizes(denoiser_state) -> list:
+    """Rows of each attribute embedding of a saved denoiser's weights, in order."""
+    sizes, k = [], 0
+    while f"attributes.{k}.weight" in denoiser_state:
+        sizes.append(int(denoiser_state[f"attributes.{k}.weight"].shape[0]))
+        k += 1
+    return sizes
+
+
+def _conditions_from_state(state, model, path, denoiser_state):
+    """``(conditions_, condition_counts_, library_shifts_)`` from a saved file, checked."""
+    n_classes = None if model.classes_ is None else len(model.classes_)
+    if state is None:  # no conditions: one row per type, as a fit without them gives
+        if _embedding_sizes(denoiser_state):
+            raise ValueError(f"{os.fspath(path)!r} has a denoiser with attribute embeddings but "
+                             "no conditions; it was not written by SCLD.save, or was changed "
+                             "since.")
+        if n_classes:
+            rows, n = np.arange(n_classes), np.asarray(model.class_counts_)
+            if model.n_unlabelled_:  # sorted as a fit sorts them: cells without a type first
+                rows, n = np.r_[-1, rows], np.r_[model.n_unlabelled_, n]
+        else:
+            rows, n = np.array([-1]), np.asarray(model.class_counts_)
+        return {}, _count_table(model.classes_, {}, rows[:, None], n), {}
+
+    def damaged(what):
+        return ValueError(f"{os.fspath(path)!r} has damaged conditions ({what}); it was not "
+                          "written by SCLD.save, or was changed since.")
+
+    names = state.get("names")
+    if (not isinstance(names, list) or not names or len(set(names)) != len(names)
+            or not all(isinstance(n, str) and n for n in names)
+            or set(names) & set(sampling.RESERVED_CONDITION_NAMES)):
+        raise damaged(f"names {names!r}")
+    if len(state["values"]) != len(names) or len(state["dtypes"]) != len(names):
+        raise damaged("one list of values per name")
+    values = {}
+    for name, vals, dtype in zip(names, state["values"], state["dtypes"], strict=True):
+        arr = np.asarray(vals, dtype=object if dtype == "object" else np.dtype(dtype))
+        if len(arr) == 0 or len({_utils.plain_label(v) for v in arr}) != len(arr):
+            raise damaged(f"the values of {name!r}")
+        values[name] = arr
+    codes = state["count_codes"].numpy()
+    n_cells = state["n_cells"].numpy()
+    if codes.ndim != 2 or codes.shape != (len(n_cells), 1 + len(names)) or (n_cells < 1).any():
+        raise damaged("the shape of the training counts")
+    sizes = np.array([len(v) for v in values.values()])
+    if ((codes[:, 1:] < 0) | (codes[:, 1:] >= sizes)).any() or (codes[:, 0] < -1).any() or (
+            codes[:, 0] >= (n_classes or 0)).any():
+        raise damaged("codes of the training counts out of range")
+    weights = _embedding_sizes(denoiser_state)
+    if weights != [len(v) + 1 for v in values.values()]:
+        raise damaged(f"the denoiser has attribute embeddings of sizes {weights}, not one more "
+                      "than each attribute's number of values")
+    table = _count_table(model.classes_, values, codes, n_cells)
+    shifts = state.get("library_shifts")
+    shifts = {} if not shifts else {n: t.numpy() for n, t in zip(names, shifts, strict=True)}
+    if any(shifts[n].shape != (n_classes or 1, len(values[n])) for n in shifts):
+        raise damaged("the library-size shifts")
+    return values, table, shifts

@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from numbers import Integral, Real
 
 import numpy as np
+import pandas as pd
 import scipy.sparse as sp
 import torch
 from imblearn.over_sampling.base import BaseOverSampler
 from imblearn.utils import check_sampling_strategy
 from sklearn.utils import check_random_state
-from sklearn.utils._param_validation import Interval
+from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
-from . import _utils
+from . import _utils, sampling
 from .autoencoder import CellAutoencoder
 from .model import SCLD
 
@@ -137,6 +139,17 @@ class SCLDOverSampler(BaseOverSampler):
         ``ae_hidden``, ``width``, ``depth``, ``diffusion_steps``, ``batch_size``,
         ``screening_threshold``). The parameters above are set through the sampler and may not
         be repeated here. Ignored when a fitted or saved SCLD is reused.
+    condition_spread : {"proportional", "uniform"} or callable, default="proportional"
+        With ``conditions`` (the batch, donor or sample of each cell, given to
+        ``fit_resample``): how a class's synthetic cells are spread over the values.
+        ``"proportional"`` keeps the batch make-up of the class: its synthetic cells go to the
+        batches (combinations of values) of its real cells, in their proportions.
+        ``"uniform"`` spreads them equally over every batch in the data, those without a real
+        cell of the class included (SCLD warns about those). A callable ``rule(class, counts)``
+        gets the class's real cells per batch (a pandas Series indexed by every batch in the
+        data; tuples of values for several attributes) and returns non-negative weights (a
+        Series or dict). Numbers are whole (largest remainders, ties to the first batch), see
+        :func:`scaug.sampling.spread_request`.
 
     Attributes
     ----------
@@ -153,6 +166,12 @@ class SCLDOverSampler(BaseOverSampler):
     sampling_report_ : dict
         A copy of ``model_.sampling_report_``: per class, cells requested, candidates drawn,
         accepted, and the acceptance rate of the screening.
+    synthetic_conditions_ : DataFrame of shape (n_synthetic_, n_attributes) or None
+        With ``conditions``: the attribute values each synthetic cell was generated within, in
+        the order of the synthetic rows (the original cells keep theirs:
+        ``pd.concat([conditions, sampler.synthetic_conditions_], ignore_index=True)`` is aligned
+        with the output); each column keeps the dtype of the given one where it can. ``None``
+        without ``conditions``.
     n_features_in_ : int
         Number of features (genes) in the input.
     feature_names_in_ : ndarray of shape (`n_features_in_`,)
@@ -189,6 +208,23 @@ class SCLDOverSampler(BaseOverSampler):
 
     The sampler only runs while fitting the pipeline; prediction sees real cells only.
 
+    **Batches, donors, samples.** ``fit_resample(X, y, conditions=batches)`` fits SCLD on the
+    type *within* each batch and spreads the synthetic cells of a class over the batches as
+    ``condition_spread`` says (by default keeping the class's batch make-up), recording them in
+    ``synthetic_conditions_``. ``conditions`` is a 1-D array-like (one attribute, named by a
+    Series' name, else ``"batch"``; for a reused model of one attribute, that attribute), a
+    mapping ``{name: values}`` or a DataFrame with one column per attribute. imbalanced-learn's
+    ``fit_resample(X, y)`` carries no such argument through a pipeline, so it travels by
+    scikit-learn's metadata routing, which imbalanced-learn's :class:`~imblearn.pipeline.Pipeline`
+    supports for samplers::
+
+        import sklearn
+        sklearn.set_config(enable_metadata_routing=True)
+        sampler = SCLDOverSampler().set_fit_resample_request(conditions=True)
+        pipe = Pipeline([("aug", sampler), ("norm", NormalizeLog1p()), ("clf", clf)])
+        pipe.fit(X, y, conditions=batches)
+        cross_val_score(pipe, X, y, params={"conditions": batches})   # sliced per fold
+
     Examples
     --------
     >>> from collections import Counter
@@ -222,6 +258,27 @@ class SCLDOverSampler(BaseOverSampler):
     ...                  ("clf", LogisticRegression(max_iter=1000))])
     >>> pipe.fit(X, y_enc).predict(X[:3]).shape
     (3,)
+
+    Keeping the batch make-up of what is added (the batch travels by metadata routing):
+
+    >>> import pandas as pd, sklearn
+    >>> batched = simulate(n_cells=200, n_genes=30, n_types=3, n_markers=5, rare_sizes=(15,),
+    ...                    n_batches=2, random_state=0)
+    >>> Xb, yb = batched.X, batched.obs["cell_type"].to_numpy()
+    >>> batch = batched.obs["batch"].to_numpy()
+    >>> pd.Series(batch[yb == "type_2"]).value_counts().sort_index().to_dict()
+    {'batch_0': 10, 'batch_1': 5}
+    >>> sampler = SCLDOverSampler(sampling_strategy={"type_2": 25}, **small)
+    >>> _ = sampler.fit_resample(Xb, yb, conditions=batch)
+    >>> sampler.synthetic_conditions_["batch"].value_counts().sort_index().to_dict()
+    {'batch_0': 7, 'batch_1': 3}
+    >>> with sklearn.config_context(enable_metadata_routing=True):
+    ...     aug = SCLDOverSampler(**small).set_fit_resample_request(conditions=True)
+    ...     pipe = Pipeline([("aug", aug), ("norm", NormalizeLog1p()),
+    ...                      ("clf", LogisticRegression(max_iter=1000))])
+    ...     pipe = pipe.fit(Xb, LabelEncoder().fit_transform(yb), conditions=batch)
+    >>> pipe.named_steps["aug"].model_.conditions_
+    {'batch': array(['batch_0', 'batch_1'], dtype=object)}
     """
 
     _parameter_constraints: dict = {
@@ -236,11 +293,13 @@ class SCLDOverSampler(BaseOverSampler):
         "screening": ["boolean"],
         "n_sample_steps": [Interval(Integral, 1, None, closed="left")],
         "scld_params": [dict, None],
+        "condition_spread": [StrOptions({"proportional", "uniform"}), callable],
     }
 
     def __init__(self, *, sampling_strategy="auto", random_state=None, model=None,
                  max_epochs=None, device="auto", verbose=False, guidance_scale=1.0,
-                 classifier_scale=0.0, screening=False, n_sample_steps=50, scld_params=None):
+                 classifier_scale=0.0, screening=False, n_sample_steps=50, scld_params=None,
+                 condition_spread="proportional"):
         super().__init__(sampling_strategy=sampling_strategy)
         self.random_state = random_state
         self.model = model
@@ -252,6 +311,7 @@ class SCLDOverSampler(BaseOverSampler):
         self.screening = screening
         self.n_sample_steps = n_sample_steps
         self.scld_params = scld_params
+        self.condition_spread = condition_spread
 
     # -- the model -----------------------------------------------------------------------------
     def _new_scld(self, seed, autoencoder=None) -> SCLD:
@@ -267,7 +327,7 @@ class SCLDOverSampler(BaseOverSampler):
         return SCLD(autoencoder=autoencoder, max_epochs=self.max_epochs, device=self.device,
                     random_state=seed, verbose=self.verbose, **params)
 
-    def _resolve_model(self, X, y, seed, n_generate):
+    def _resolve_model(self, X, y, seed, n_generate, conditions=None):
         """The SCLD that will generate cells (fitting or loading it if needed), or None."""
         model = self.model
         if FrozenEstimator is not None and isinstance(model, FrozenEstimator):
@@ -317,10 +377,10 @@ class SCLDOverSampler(BaseOverSampler):
             return None
         # the gene names, so that a saved model_ refuses other genes
         return self._new_scld(seed, autoencoder=model).fit(
-            X, y, feature_names=getattr(self, "feature_names_in_", None))
+            X, y, conditions=conditions, feature_names=getattr(self, "feature_names_in_", None))
 
     # -- resampling ----------------------------------------------------------------------------
-    def fit_resample(self, X, y, **params):
+    def fit_resample(self, X, y, *, conditions=None):
         """Resample ``X, y``: the original cells, then synthetic cells of the classes to grow.
 
         Parameters
@@ -328,20 +388,65 @@ class SCLDOverSampler(BaseOverSampler):
         X : {array-like, dataframe, sparse matrix} of shape (n_samples, n_features)
         y : array-like of shape (n_samples,)
             Class labels; ``-1`` marks unlabelled cells (integer labels only).
+        conditions : array-like, mapping or DataFrame, optional
+            The batch (donor, sample ...) of each cell: a 1-D array-like of one attribute, a
+            mapping ``{name: values}`` or a DataFrame with one column per attribute. SCLD then
+            generates each synthetic cell within a batch, spread as ``condition_spread`` says;
+            see ``synthetic_conditions_``. In a pipeline, pass it by metadata routing
+            (``set_fit_resample_request(conditions=True)``, see the class's Notes).
 
         Returns
         -------
         X_resampled, y_resampled
         """
         refuse_mixed_labels(y)
-        return super().fit_resample(X, y, **params)
+        if conditions is None:
+            return super().fit_resample(X, y)
+        return super().fit_resample(X, y, conditions=conditions)
 
-    def _fit_resample(self, X, y):
+    @staticmethod
+    def _conditions(conditions, n_cells):
+        """``fit_resample``'s conditions as ``{name: values}``, checked; their dtypes; and
+        whether they are one unnamed attribute (named ``"batch"`` until a model says otherwise)."""
+        if conditions is None:
+            return None, {}, False
+        unnamed = False
+        if not isinstance(conditions, pd.DataFrame | Mapping):  # one attribute
+            name = getattr(conditions, "name", None)
+            unnamed = not isinstance(name, str) or not name
+            conditions = {"batch" if unnamed else name: conditions}
+        dtypes = {k: getattr(v, "dtype", None) for k, v in conditions.items()}
+        return sampling.check_conditions(conditions, n_cells), dtypes, unnamed
+
+    def _check_reused_conditions(self, conditions, spread, dtypes, unnamed):
+        """The conditions under the reused model's names (one unnamed attribute takes the name
+        of a model's only one), or a clear error for names it was not fitted with."""
+        known = list(self.model_._condition_values())
+        if unnamed and len(known) == 1:
+            conditions = {known[0]: conditions.pop("batch")}
+            spread = spread.rename(columns={"batch": known[0]})
+            dtypes = {known[0]: dtypes.pop("batch")}
+        unknown = sorted(set(conditions) - set(known))
+        if unknown:
+            raise ValueError(f"The given SCLD was not fitted with the conditions {unknown} (it "
+                             f"knows {known or 'none'}); fit it with them, or leave them out of "
+                             "fit_resample.")
+        return conditions, spread, dtypes
+
+    def _fit_resample(self, X, y, conditions=None):
+        conditions, dtypes, unnamed = self._conditions(conditions, len(y))
         request = labelled_request(self, y)
         rng = check_random_state(self.random_state)
         fit_seed, sample_seed = (int(s) for s in rng.randint(0, 2**31 - 1, size=2))
         n_generate = sum(request.values())
-        self.model_ = self._resolve_model(X, y, fit_seed, n_generate)
+        spread = None
+        if conditions:  # before any training: a bad rule fails at once
+            spread = sampling.spread_request(request, y, pd.DataFrame(conditions),
+                                             self.condition_spread)
+        self.model_ = self._resolve_model(X, y, fit_seed, n_generate, conditions)
+        if conditions and self.model_ is not None:
+            conditions, spread, dtypes = self._check_reused_conditions(conditions, spread, dtypes,
+                                                                       unnamed)
 
         if n_generate == 0:
             X_new = X[:0]
@@ -351,7 +456,8 @@ class SCLDOverSampler(BaseOverSampler):
             X_syn, y_syn = self.model_.sample(
                 request, random_state=sample_seed, guidance_scale=self.guidance_scale,
                 classifier_scale=self.classifier_scale, screening=self.screening,
-                n_sample_steps=self.n_sample_steps)
+                n_sample_steps=self.n_sample_steps,
+                conditions=None if spread is None else {k: spread[k].to_numpy() for k in spread})
             self.sampling_report_ = {k: dict(v) for k, v in self.model_.sampling_report_.items()}
             # SCLD returns the classes in the order asked, each as one block
             y_new = np.concatenate([np.full(n, c, dtype=y.dtype) for c, n in request.items()])
@@ -371,4 +477,18 @@ class SCLDOverSampler(BaseOverSampler):
         y_res = np.concatenate([y, y_new])
         self.n_synthetic_ = int(n_generate)
         self.synthetic_mask_ = np.r_[np.zeros(len(y), dtype=bool), np.ones(n_generate, dtype=bool)]
+        self.synthetic_conditions_ = None if spread is None else _with_dtypes(spread, dtypes)
         return X_res, y_res
+
+
+def _with_dtypes(frame, dtypes):
+    """``frame``'s columns in the dtypes of the conditions given (categories kept), where the
+    values fit them; object columns otherwise."""
+    out = frame.copy()
+    for name, dtype in dtypes.items():
+        if dtype is not None:
+            try:
+                out[name] = out[name].astype(dtype)
+            except (TypeError, ValueError):
+                pass  # e.g. a value beyond the given categories: kept as objects
+    return out

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from numbers import Integral
 
 import numpy as np
+import pandas as pd
 import scipy.sparse as sp
 import torch
 from sklearn.covariance import LedoitWolf
@@ -139,24 +140,221 @@ def resolve_request(n, classes, class_counts, rng, max_cells: int):
 
 @torch.no_grad()
 def draw_latents(diffusion, denoiser, classifier, *, code, n, n_latent, labelled, null, gen,
-                 device, guidance_scale, classifier_scale, n_sample_steps, sampler, batch_size):
+                 device, guidance_scale, classifier_scale, n_sample_steps, sampler, batch_size,
+                 attributes=None, attribute_scales=None):
     """``n`` standardised latents of type ``code`` from the reverse diffusion, batch by batch.
 
-    The start noise and the ancestral sampler's step noise come from the CPU generator ``gen``,
-    so CPU and GPU runs see the same noise.
+    ``attributes`` (one code per attribute of the denoiser, its null code to marginalise; None
+    for a type-only denoiser) conditions every latent on those values, through
+    :func:`scaug.diffusion.composed_guidance` with ``guidance_scale`` for the type and
+    ``attribute_scales`` for the attributes. The start noise and the ancestral sampler's step
+    noise come from the CPU generator ``gen``, so CPU and GPU runs see the same noise.
     """
+    from .diffusion import composed_guidance
+
     out = []
     for start in range(0, n, batch_size):
         m = min(batch_size, n - start)
         noise = torch.randn((m, n_latent), generator=gen).to(device)
         y = torch.full((m,), code if labelled else null, device=device, dtype=torch.long)
+        model, scale = denoiser, guidance_scale if labelled else 1.0
+        if attributes is not None:
+            rows = torch.as_tensor(np.asarray(attributes, dtype=np.int64),
+                                   device=device).expand(m, -1)
+            model = composed_guidance(denoiser, rows, null_label=null,
+                                      attribute_nulls=denoiser.n_values, guidance_scale=scale,
+                                      attribute_scales=attribute_scales)
+            scale = 1.0  # the wrapper guides; the sampling loop stays plain
         z = diffusion.sample(
-            denoiser, y, noise, null_label=null, guidance_scale=guidance_scale if labelled else 1.0,
+            model, y, noise, null_label=null, guidance_scale=scale,
             classifier=classifier if labelled else None, classifier_scale=classifier_scale,
             n_sample_steps=n_sample_steps, method=sampler,
             step_noise=lambda shape: torch.randn(shape, generator=gen))
         out.append(z.cpu().numpy())
     return np.concatenate(out) if out else np.zeros((0, n_latent), np.float32)
+
+
+# -- conditions: donor, batch, sample ... ---------------------------------------------------------
+#: column names of :attr:`scaug.SCLD.condition_counts_` that an attribute may not take
+RESERVED_CONDITION_NAMES = ("cell_type", "n_cells")
+
+
+def _is_missing(v) -> bool:
+    if v is None or v is pd.NA or v is pd.NaT:
+        return True
+    try:
+        return bool(v != v)  # NaN
+    except (TypeError, ValueError):
+        return False
+
+
+def check_conditions(conditions, n_cells: int) -> dict:
+    """``{name: 1-D ndarray of n_cells values}`` from a mapping or a DataFrame, checked.
+
+    Refuses (before any work) what :meth:`scaug.SCLD.fit` cannot learn from: names that are not
+    non-empty strings or clash with :data:`RESERVED_CONDITION_NAMES`, values of another length,
+    missing values, values mixing strings and numbers, and columns that are not 1-D.
+    """
+    if conditions is None:
+        return {}
+    if isinstance(conditions, pd.DataFrame):
+        items = [(c, conditions[c]) for c in conditions.columns]
+        if conditions.columns.duplicated().any():
+            raise ValueError("conditions has duplicate column names; give each attribute one "
+                             "column.")
+    elif isinstance(conditions, Mapping):
+        items = list(conditions.items())
+    else:
+        raise TypeError("conditions must be a mapping {name: one value per cell} or a pandas "
+                        "DataFrame with one column per attribute (e.g. {'batch': batches} or "
+                        f"adata.obs[['donor']]); got {type(conditions).__name__}.")
+    out = {}
+    for name, values in items:
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"conditions names must be non-empty strings; got {name!r}.")
+        if name in RESERVED_CONDITION_NAMES:
+            raise ValueError(f"conditions may not be named {name!r} (reserved for "
+                             "condition_counts_: the type is y, not a condition); rename it.")
+        if isinstance(values, pd.Series | pd.Index | pd.Categorical):
+            values = np.asarray(values.astype(object))
+        else:
+            values = np.asarray(values)
+        if values.ndim != 1 or len(values) != n_cells:
+            raise ValueError(f"conditions[{name!r}] must be 1-D with one value per cell of X "
+                             f"({n_cells}); got shape {values.shape}.")
+        if values.dtype.kind == "f" and np.isnan(values).any() or values.dtype == object and any(
+                _is_missing(v) for v in values):
+            raise ValueError(f"conditions[{name!r}] has missing values (NaN/None/NA); every cell "
+                             "needs a value (give the cells without one a value of their own, "
+                             "e.g. 'unknown', or drop them).")
+        if values.dtype == object:
+            kinds = {isinstance(v, str) for v in values}
+            if len(kinds) > 1:
+                raise ValueError(f"conditions[{name!r}] mixes strings with other values; give "
+                                 "the values of one kind, e.g. values.astype(str).")
+        out[name] = values
+    return out
+
+
+def resolve_conditions(conditions, values: dict, n_total: int, *, per_cell: bool) -> np.ndarray:
+    """Per requested cell, the code of each attribute (its null code when marginalised).
+
+    ``conditions`` maps attribute names to a value for every cell (a scalar), or to an
+    array-like with one value per requested cell (``per_cell``: only where the order of the
+    cells is known); ``None`` (as the value, or an entry of the array) marginalises the
+    attribute for those cells. Attributes not named are marginalised.
+    """
+    names = list(values)
+    codes = np.array([[len(values[k]) for k in names]] * n_total, dtype=np.int64).reshape(
+        n_total, len(names))
+    if conditions is None:
+        return codes
+    if not isinstance(conditions, Mapping):
+        raise TypeError("conditions must be a mapping {attribute: value or one value per "
+                        f"requested cell}}; got {type(conditions).__name__}.")
+    for name, given in conditions.items():
+        if name not in values:
+            known = names or "none: it was fitted without conditions"
+            raise ValueError(f"Unknown condition {name!r}; the model knows {known}.")
+        j = names.index(name)
+        lookup = {_utils.plain_label(v): i for i, v in enumerate(values[name])}
+        if isinstance(given, pd.Series | pd.Index | pd.Categorical):
+            given = np.asarray(given.astype(object))
+        if np.ndim(given) == 0:
+            entries = None if _is_missing(given) else [given]
+        else:
+            given = np.asarray(given, dtype=object)
+            if not per_cell:
+                raise ValueError(f"conditions[{name!r}] is an array, but the order of the cells "
+                                 "is known only for a request {cell type: number}; give one "
+                                 "value for every cell, or ask per type.")
+            if given.ndim != 1 or len(given) != n_total:
+                raise ValueError(f"conditions[{name!r}] must be one value, or one per requested "
+                                 f"cell ({n_total}, in the order of the request); got shape "
+                                 f"{given.shape}.")
+            entries = list(given)
+        if entries is None:
+            continue
+        column = []
+        for v in entries:
+            if _is_missing(v):
+                column.append(len(values[name]))
+                continue
+            key = _utils.plain_label(v)
+            if key not in lookup:
+                raise ValueError(f"Unknown value {v!r} of condition {name!r}; the model was "
+                                 f"trained on {list(values[name])}.")
+            column.append(lookup[key])
+        codes[:, j] = column if len(column) == n_total else column[0]
+    return codes
+
+
+def spread_request(request: dict, labels, frame: pd.DataFrame, rule="proportional") -> pd.DataFrame:
+    """The condition values of each cell of ``request``, spread over the values of ``frame``.
+
+    Parameters
+    ----------
+    request : dict
+        ``{cell type: number of cells}``; the cells come type by type, in this order.
+    labels : array-like of shape (n_cells,)
+        The type of each real cell.
+    frame : DataFrame of shape (n_cells, n_attributes)
+        The attribute values of each real cell (one column per attribute).
+    rule : {"proportional", "uniform"} or callable, default="proportional"
+        ``"proportional"``: a type's cells go to the combinations of values of its real cells,
+        in their proportions (a type absent from a batch gets none there). ``"uniform"``:
+        equally to every combination present in ``frame`` (absent ones included: SCLD warns
+        about them). A callable ``rule(cell_type, counts)`` gets the type's real cells per
+        combination (a Series indexed by every combination in ``frame``: values, or tuples for
+        several attributes) and returns non-negative weights (a Series or dict over
+        combinations).
+
+    Returns
+    -------
+    DataFrame of shape (sum(request.values()), n_attributes)
+        Counts are whole: largest-remainder rounding of the weights, ties to the first
+        combination, so the same input gives the same spread.
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> from scaug.sampling import spread_request
+    >>> frame = pd.DataFrame({"batch": ["a", "a", "a", "b", "b", "b"]})
+    >>> labels = ["T", "T", "T", "T", "B", "B"]
+    >>> spread_request({"T": 4, "B": 2}, labels, frame)["batch"].tolist()
+    ['a', 'a', 'a', 'b', 'b', 'b']
+    """
+    labels = np.asarray(labels, dtype=object)
+    names = list(frame.columns)
+    combos = pd.MultiIndex.from_frame(frame.astype(object)).unique().sort_values()
+    if len(names) == 1:
+        combos = pd.Index(combos.get_level_values(0), dtype=object)
+    parts = []
+    for label, n in request.items():
+        members = frame[labels == label].astype(object)
+        key = members.iloc[:, 0] if len(names) == 1 else pd.MultiIndex.from_frame(members)
+        counts = pd.Series(1, index=key).groupby(level=list(range(len(names)))).sum()
+        counts = counts.reindex(combos, fill_value=0)
+        if rule == "proportional":
+            weights = counts.astype(float)
+        elif rule == "uniform":
+            weights = pd.Series(1.0, index=combos)
+        elif callable(rule):
+            weights = pd.Series(rule(label, counts.copy()), dtype=float)
+        else:
+            raise ValueError(f"The spread rule must be 'proportional', 'uniform' or a callable "
+                             f"(cell type, counts) -> weights; got {rule!r}.")
+        if (weights < 0).any() or not np.isfinite(weights).all() or weights.sum() <= 0:
+            raise ValueError(f"The spread weights for {label!r} must be finite, non-negative and "
+                             f"not all 0; got {dict(weights)}.")
+        share = weights.to_numpy() * int(n) / weights.sum()
+        k = np.floor(share).astype(np.int64)
+        rest = np.argsort(-(share - k), kind="stable")[: int(n) - int(k.sum())]
+        k[rest] += 1
+        for combo, m in zip(weights.index, k, strict=True):
+            parts += [combo if len(names) > 1 else (combo,)] * int(m)
+    return pd.DataFrame(parts if parts else np.zeros((0, len(names)), dtype=object),
+                        columns=names, dtype=object)
 
 
 @torch.no_grad()

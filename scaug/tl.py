@@ -15,8 +15,9 @@ What :func:`augment` returns, for an input of ``n`` cells and ``m`` synthetic on
   ``aug.X = aug.layers["counts"].copy(); sc.pp.normalize_total(aug); sc.pp.log1p(aug)``;
 - ``var``, ``varm`` and ``uns`` copied unchanged (gene-level, valid for synthetic cells too);
 - ``obs[labels_key]``: the type of every cell (categories kept); ``obs[key_added]``: ``False`` for
-  real and ``True`` for synthetic cells; every other ``obs`` column missing (NA) for synthetic
-  cells, with its categories kept (boolean and integer columns become pandas' nullable
+  real and ``True`` for synthetic cells; with ``batch_key``, ``obs[batch_key]``: the batch each
+  synthetic cell was generated within (categories kept); every other ``obs`` column missing (NA)
+  for synthetic cells, with its categories kept (boolean and integer columns become pandas' nullable
   ``boolean`` and ``Int64`` so that they can hold NA);
 - unique obs names: synthetic cells are named ``"{key_added}-0"``, ``"{key_added}-1"`` ...
   (prefixed with ``"scaug-"`` while such names are taken);
@@ -80,11 +81,36 @@ def _scld():
     return SCLD
 
 
-def _fit_scld(X, y, names, params):
-    return _scld()(**params).fit(X, y, feature_names=names)
+def batch_keys(batch_key) -> list:
+    """``batch_key`` as a list of obs columns (a str, or a list of them for several attributes)."""
+    if batch_key is None:
+        return []
+    keys = [batch_key] if isinstance(batch_key, str) else list(batch_key) if isinstance(
+        batch_key, list | tuple) else None
+    if not keys or not all(isinstance(k, str) and k for k in keys) or len(set(keys)) != len(keys):
+        raise ValueError("batch_key must be an obs column name, or a list of distinct ones; got "
+                         f"{batch_key!r}.")
+    return keys
 
 
-def fit(adata, labels_key=None, *, layer=None, **params):
+def conditions_of(adata, batch_key, labels_key=None):
+    """``{key: obs[key] values}`` for the batch keys (None without them), checked."""
+    keys = batch_keys(batch_key)
+    for key in keys:
+        if key not in adata.obs.columns:
+            raise KeyError(f"batch_key {key!r} is not a column of adata.obs; the columns are "
+                           f"{list(adata.obs.columns)}.")
+        if key == labels_key:
+            raise ValueError(f"batch_key {key!r} is the labels_key; the batch is another "
+                             "column (donor, batch, sample).")
+    return {k: adata.obs[k].astype(object).to_numpy() for k in keys} if keys else None
+
+
+def _fit_scld(X, y, names, params, conditions=None):
+    return _scld()(**params).fit(X, y, conditions=conditions, feature_names=names)
+
+
+def fit(adata, labels_key=None, *, batch_key=None, layer=None, **params):
     """Fit an :class:`~scaug.SCLD` on the counts of an AnnData; it remembers ``var_names``.
 
     Parameters
@@ -94,6 +120,11 @@ def fit(adata, labels_key=None, *, layer=None, **params):
     labels_key : str or None, default=None
         Column of ``adata.obs`` with the cell types; cells where it is missing (NA) are learned
         from without a label. ``None`` fits a model without labels (holistic synthesis only).
+    batch_key : str, list of str or None, default=None
+        Column(s) of ``adata.obs`` with the batch, donor or sample of each cell (no missing
+        values): the model learns the types within each (``conditions`` of
+        :meth:`scaug.SCLD.fit`, named by the columns), and :meth:`~scaug.SCLD.sample` can
+        generate a type within a chosen batch.
     layer : str or None, default=None
         Layer holding the counts; ``None`` reads ``X``.
     **params
@@ -123,7 +154,7 @@ def fit(adata, labels_key=None, *, layer=None, **params):
     """
     X = counts_of(adata, layer)
     y = None if labels_key is None else labels_of(adata, labels_key)[0]
-    return _fit_scld(X, y, _gene_names(adata), params)
+    return _fit_scld(X, y, _gene_names(adata), params, conditions_of(adata, batch_key, labels_key))
 
 
 # -- the result ----------------------------------------------------------------------------------
@@ -168,16 +199,29 @@ def _with_na(column, m):
     return pd.concat([column.reset_index(drop=True), tail], ignore_index=True).array
 
 
-def _stack_obs(obs, y_syn, labels_key, key_added, names):
+def _with_values(column, values):
+    """``column`` followed by the synthetic cells' ``values`` (its categories kept, the new
+    values added to them)."""
+    if isinstance(column.dtype, pd.CategoricalDtype):
+        new = [v for v in pd.unique(np.asarray(values, dtype=object))
+               if v not in set(column.cat.categories)]
+        dtype = pd.CategoricalDtype(list(column.cat.categories) + new, ordered=column.cat.ordered)
+        return pd.Categorical(np.r_[column.astype(object).to_numpy(), values], dtype=dtype)
+    joined = pd.Series(np.r_[column.to_numpy(dtype=object), np.asarray(values, dtype=object)])
+    try:
+        return joined.astype(column.dtype).array
+    except (TypeError, ValueError):
+        return joined.array
+
+
+def _stack_obs(obs, y_syn, labels_key, key_added, names, batches=None):
     m = len(names)
+    batches = {} if batches is None else batches
     data = {col: _with_na(obs[col], m) for col in obs.columns
-            if col not in (labels_key, key_added)}
-    labels = obs[labels_key]
-    if isinstance(labels.dtype, pd.CategoricalDtype):
-        data[labels_key] = pd.Categorical(np.r_[labels.astype(object).to_numpy(), y_syn],
-                                          dtype=labels.dtype)
-    else:
-        data[labels_key] = np.r_[labels.to_numpy(dtype=object), y_syn]
+            if col not in (labels_key, key_added, *batches)}
+    for col, values in batches.items():
+        data[col] = _with_values(obs[col], values)
+    data[labels_key] = _with_values(obs[labels_key], y_syn)
     data[key_added] = np.r_[np.zeros(len(obs), dtype=bool), np.ones(m, dtype=bool)]
     out = pd.DataFrame(data, index=obs.index.append(names))
     return out[[c for c in obs.columns if c != key_added] + [key_added]]
@@ -211,7 +255,7 @@ def _load(path, device):
         raise
 
 
-def check_reusable(model, adata, X, request):
+def check_reusable(model, adata, X, request, conditions=None):
     """Refuse a fitted SCLD that cannot generate ``request`` for ``adata``, before any sampling."""
     from sklearn.utils.validation import check_is_fitted
 
@@ -230,6 +274,16 @@ def check_reusable(model, adata, X, request):
     if model.counts_ and not is_count_matrix(X):
         raise ValueError("The given SCLD generates integer counts, but the data are not integer "
                          "counts (log-normalised?); pass layer= with the counts.")
+    known = model._condition_values()
+    for key, values in (conditions or {}).items():
+        if key not in known:
+            raise ValueError(f"The given SCLD was not fitted with the condition {key!r} (it knows "
+                             f"{list(known) or 'none'}); fit it with batch_key={key!r}.")
+        seen = {plain_label(v) for v in known[key]}
+        new = sorted({plain_label(v) for v in values} - seen, key=str)
+        if new:
+            raise ValueError(f"obs[{key!r}] has values the given SCLD was not trained on: {new}; "
+                             f"it knows {list(known[key])}.")
 
 
 def resolve_strategy(sampling_strategy, y, labelled):
@@ -255,8 +309,9 @@ def resolve_strategy(sampling_strategy, y, labelled):
     return {c: int(n) for c, n in strategy.items() if n > 0}
 
 
-def augment(adata, labels_key, *, layer=None, sampling_strategy="auto", model=None,
-            key_added="synthetic", random_state=None, device="auto", verbose=True, **params):
+def augment(adata, labels_key, *, batch_key=None, layer=None, sampling_strategy="auto", model=None,
+            key_added="synthetic", condition_spread="proportional", condition_scales=None,
+            random_state=None, device="auto", verbose=True, **params):
     """Add synthetic cells of the rare types to an AnnData, as an imbalanced-learn sampler would.
 
     Fits an :class:`~scaug.SCLD` on the cells (or reuses ``model``), generates the cells that
@@ -271,6 +326,13 @@ def augment(adata, labels_key, *, layer=None, sampling_strategy="auto", model=No
     labels_key : str
         Column of ``adata.obs`` with the cell types. Cells where it is missing (NA) are
         unlabelled: a new model learns from them, and they are not counted or generated.
+    batch_key : str, list of str or None, default=None
+        Column(s) of ``adata.obs`` with the batch, donor or sample of each cell. A new model
+        learns the types within each batch (see :func:`fit`); each synthetic cell is generated
+        within a batch, spread as ``condition_spread`` says, and gets it in
+        ``obs[batch_key]``. A reused model must have been fitted with these columns.
+        ``None``: the synthetic cells are an average over batches, and their
+        ``obs[batch_key]`` missing.
     layer : str or None, default=None
         Layer holding the counts, which also receives the synthetic counts; ``None``: ``X``.
     sampling_strategy : str, float, dict or callable, default="auto"
@@ -286,6 +348,14 @@ def augment(adata, labels_key, *, layer=None, sampling_strategy="auto", model=No
     key_added : str, default="synthetic"
         ``obs`` column marking synthetic cells (True) and real ones (False); also the prefix of
         the synthetic cells' obs names.
+    condition_spread : {"proportional", "uniform"} or callable, default="proportional"
+        With ``batch_key``: ``"proportional"`` spreads a type's synthetic cells over the batches
+        of its real cells in their proportions (the batch make-up of the type is kept);
+        ``"uniform"`` equally over every batch of ``adata``; a callable ``rule(type, counts)``
+        returns weights over the batches (see :func:`scaug.sampling.spread_request`).
+    condition_scales : dict or None, default=None
+        With ``batch_key``: guidance weight of each batch key (see :meth:`scaug.SCLD.sample`);
+        ``None`` is 1 for all (exact sampling of the type within the batch).
     random_state : int, RandomState instance or None, default=None
         Seeds training and sampling; the same seed gives the same cells on the CPU.
     device : {"auto", "cpu", "cuda", "cuda:N"}, default="auto"
@@ -321,6 +391,19 @@ def augment(adata, labels_key, *, layer=None, sampling_strategy="auto", model=No
     (20, 20)
     >>> aug.obs.loc[aug.obs["synthetic"], "cell_type"].unique().tolist()
     ['type_1']
+
+    Within batches, keeping each type's batch make-up:
+
+    >>> batched = scaug.datasets.simulate(n_cells=120, n_genes=20, n_types=2, n_markers=5,
+    ...                                   rare_sizes=(10,), n_batches=2, random_state=0)
+    >>> aug = scaug.tl.augment(batched, "cell_type", batch_key="batch",
+    ...                        sampling_strategy={"type_1": 30}, random_state=0, verbose=False,
+    ...                        **tiny)
+    >>> real = ~aug.obs["synthetic"] & (aug.obs["cell_type"] == "type_1")
+    >>> aug.obs.loc[real, "batch"].value_counts().sort_index().tolist()
+    [3, 7]
+    >>> aug.obs.loc[aug.obs["synthetic"], "batch"].value_counts().sort_index().tolist()
+    [6, 14]
     """
     from sklearn.utils import check_random_state
 
@@ -333,7 +416,20 @@ def augment(adata, labels_key, *, layer=None, sampling_strategy="auto", model=No
                          f"{key_added!r}.")
     X = counts_of(adata, layer)
     y, labelled = labels_of(adata, labels_key)
+    conditions = conditions_of(adata, batch_key, labels_key)
+    if conditions is not None:
+        from .sampling import check_conditions
+
+        if key_added in conditions:
+            raise ValueError(f"key_added {key_added!r} is a batch_key; name the synthetic-cell "
+                             "marker otherwise.")
+        conditions = check_conditions(conditions, adata.n_obs)
     request = resolve_strategy(sampling_strategy, y, labelled)
+    spread = None
+    if conditions is not None:  # before any training: a bad rule fails at once
+        from .sampling import spread_request
+
+        spread = spread_request(request, y, pd.DataFrame(conditions), condition_spread)
     rng = check_random_state(random_state)
     fit_seed, sample_seed = (int(s) for s in rng.randint(0, 2**31 - 1, size=2))
 
@@ -356,14 +452,17 @@ def augment(adata, labels_key, *, layer=None, sampling_strategy="auto", model=No
         if extra:
             raise ValueError(f"A reused model is not trained again, so {extra} cannot apply; only "
                              f"the sampling options {list(SAMPLE_OPTIONS)} can.")
-        check_reusable(model, adata, X, request)
+        check_reusable(model, adata, X, request, conditions)
     if request and model is None:
         model = _fit_scld(X, y, _gene_names(adata), dict(
             params, autoencoder=autoencoder, random_state=fit_seed, device=device,
-            verbose=verbose))
+            verbose=verbose), conditions)
         params = {}
     if request:
         opts = {k: v for k, v in params.items() if k in SAMPLE_OPTIONS}
+        if spread is not None:
+            opts.update(conditions={k: spread[k].to_numpy() for k in spread},
+                        condition_scales=condition_scales)
         X_syn, y_syn = model.sample(request, random_state=sample_seed, **opts)
         X_syn, y_syn = _like(X_syn, X), np.asarray(y_syn, dtype=object)
     else:
@@ -379,7 +478,11 @@ def augment(adata, labels_key, *, layer=None, sampling_strategy="auto", model=No
     uns = copy.deepcopy(dict(adata.uns))
     uns["scaug"] = _plain({
         "version": __version__,
-        "params": {"labels_key": labels_key, "layer": layer, "key_added": key_added,
+        "params": {"labels_key": labels_key, "batch_key": batch_key, "layer": layer,
+                   "key_added": key_added,
+                   "condition_spread": (condition_spread if not callable(condition_spread)
+                                        else getattr(condition_spread, "__name__", "callable")),
+                   "condition_scales": condition_scales,
                    "sampling_strategy": (sampling_strategy if not callable(sampling_strategy)
                                          else getattr(sampling_strategy, "__name__", "callable")),
                    "random_state": random_state if isinstance(random_state, Integral) else None,
@@ -392,7 +495,8 @@ def augment(adata, labels_key, *, layer=None, sampling_strategy="auto", model=No
     })
     out = ad.AnnData(
         X=None if layer is not None else counts,
-        obs=_stack_obs(adata.obs, y_syn, labels_key, key_added, names),
+        obs=_stack_obs(adata.obs, y_syn, labels_key, key_added, names,
+                       None if spread is None else {k: spread[k].to_numpy() for k in spread}),
         var=adata.var.copy(),
         varm={k: np.array(v, copy=True) if not sp.issparse(v) else v.copy()
               for k, v in adata.varm.items()},
@@ -402,8 +506,8 @@ def augment(adata, labels_key, *, layer=None, sampling_strategy="auto", model=No
     return out
 
 
-def sample(model, n, *, random_state=None, labels_key="cell_type", key_added="synthetic",
-           device="auto", **options):
+def sample(model, n, *, conditions=None, random_state=None, labels_key="cell_type",
+           key_added="synthetic", device="auto", **options):
     """Synthesize cells with a fitted SCLD and return them as an AnnData named by its genes.
 
     Parameters
@@ -413,6 +517,10 @@ def sample(model, n, *, random_state=None, labels_key="cell_type", key_added="sy
     n : dict or int
         ``{cell type: number of cells}`` (pre-guidance), or an int: that many cells in the
         training proportions of the types.
+    conditions : dict or None, default=None
+        For a model fitted with ``batch_key``: ``{key: batch}`` generates the cells within that
+        batch (or one value per cell; see :meth:`scaug.SCLD.sample`); each such key becomes
+        an ``obs`` column (categorical, the model's values as categories).
     random_state : int, RandomState instance or None, default=None
         Seeds the sampling; ``None`` falls back to the model's ``random_state``.
     labels_key : str, default="cell_type"
@@ -450,7 +558,7 @@ def sample(model, n, *, random_state=None, labels_key="cell_type", key_added="sy
 
     if isinstance(model, str | os.PathLike):
         model = _scld().load(model, device=device)
-    X_syn, y_syn = model.sample(n, random_state=random_state, **options)
+    X_syn, y_syn = model.sample(n, conditions=conditions, random_state=random_state, **options)
     import anndata as ad
 
     m = X_syn.shape[0]
@@ -460,10 +568,15 @@ def sample(model, n, *, random_state=None, labels_key="cell_type", key_added="sy
     obs = pd.DataFrame(index=pd.Index([f"{key_added}-{i}" for i in range(m)]))
     if y_syn is not None:
         obs[labels_key] = pd.Categorical(y_syn, categories=model.classes_)
+    for key in conditions or {}:
+        obs[key] = pd.Categorical(model.sample_conditions_[key].to_numpy(),
+                                  categories=model.conditions_[key])
     obs[key_added] = np.ones(m, dtype=bool)
     uns = {"scaug": _plain({
         "version": __version__,
         "params": {"n": n if isinstance(n, dict) else int(n), "labels_key": labels_key,
+                   "conditions": {k: v if np.ndim(v) == 0 else "one value per cell"
+                                  for k, v in (conditions or {}).items()},
                    "key_added": key_added, "options": options,
                    "random_state": random_state if isinstance(random_state, Integral) else None,
                    "scld": _model_params(model)},

@@ -1,4 +1,5 @@
-"""The latent denoiser: a residual MLP conditioned on diffusion time and cell-type label."""
+"""The latent denoiser: a residual MLP conditioned on diffusion time, cell-type label and
+further categorical attributes (donor, batch, sample)."""
 
 from __future__ import annotations
 
@@ -45,13 +46,40 @@ class ResidualBlock(nn.Module):
 
 
 class Denoiser(nn.Module):
-    """Predicts the diffusion target (v) from a noisy latent, the time and a label.
+    """Predicts the diffusion target (v) from a noisy latent, the time and its conditions.
 
     Label index ``n_classes`` is the learned null label: the same network is conditional and
-    unconditional, which is what classifier-free guidance needs.
+    unconditional, which is what classifier-free guidance needs. Each further attribute ``k``
+    (``n_values[k]`` values: a donor, batch or sample) has its own embedding, added to the
+    label's, with its own null token at index ``n_values[k]``; the network is then conditional on
+    any subset of the type and the attributes (the others at their null token).
+
+    Parameters
+    ----------
+    n_latent : int
+    n_classes : int
+        Cell types; the null label is index ``n_classes``.
+    width, depth : int
+        Width and number of residual blocks.
+    n_values : sequence of int, default=()
+        Number of values of each further attribute; empty for a type-only denoiser (its
+        weights are then exactly those of a denoiser built before attributes existed).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from scaug.nn import Denoiser
+    >>> net = Denoiser(n_latent=4, n_classes=3, width=16, depth=1, n_values=(2,))
+    >>> z, t = torch.zeros(5, 4), torch.rand(5)
+    >>> net(z, t, torch.tensor([0, 1, 2, 3, 0])).shape  # type only: the batch at its null token
+    torch.Size([5, 4])
+    >>> y = torch.tensor([[0, 0], [1, 1], [3, 2], [2, 0], [0, 2]])  # (type, batch); 3, 2: null
+    >>> net(z, t, y).shape
+    torch.Size([5, 4])
     """
 
-    def __init__(self, n_latent: int, n_classes: int, width: int = 256, depth: int = 3):
+    def __init__(self, n_latent: int, n_classes: int, width: int = 256, depth: int = 3,
+                 n_values=()):
         super().__init__()
         self.n_classes = n_classes
         self.inp = nn.Linear(n_latent, width)
@@ -59,10 +87,29 @@ class Denoiser(nn.Module):
         self.label = nn.Embedding(n_classes + 1, width)
         self.blocks = nn.ModuleList(ResidualBlock(width) for _ in range(depth))
         self.out = nn.Sequential(nn.LayerNorm(width), nn.SiLU(), nn.Linear(width, n_latent))
+        self.n_values = tuple(int(v) for v in n_values)
+        # built last, so that a type-only denoiser draws the same initial weights as before
+        self.attributes = nn.ModuleList(nn.Embedding(v + 1, width) for v in self.n_values)
+
+    @property
+    def null_codes(self) -> tuple[int, ...]:
+        """The null index of the label and of each attribute, in the columns' order."""
+        return (self.n_classes, *self.n_values)
 
     def forward(self, z_t: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """``y``: the labels (n,), or the labels and attributes (n, 1 + n_attributes); missing
+        attribute columns are at their null token."""
+        if y.ndim == 2 and y.shape[1] > 1 + len(self.attributes):
+            raise ValueError(f"y has {y.shape[1]} condition columns; this denoiser knows the "
+                             f"label and {len(self.attributes)} attribute(s).")
         c, inverse = unique_conditions(t, y)
-        c = torch.nn.functional.silu(self.time(c[:, 0]) + self.label(c[:, 1].long()))
+        codes = c[:, 1:].long()
+        emb = self.time(c[:, 0]) + self.label(codes[:, 0])
+        for k, embedding in enumerate(self.attributes):
+            column = codes[:, 1 + k] if codes.shape[1] > 1 + k else torch.full_like(
+                codes[:, 0], self.n_values[k])
+            emb = emb + embedding(column)
+        c = torch.nn.functional.silu(emb)
         h = self.inp(z_t)
         for block in self.blocks:
             h = block(h, c, inverse)
@@ -70,10 +117,12 @@ class Denoiser(nn.Module):
 
 
 def unique_conditions(t: torch.Tensor, y: torch.Tensor | None = None):
-    """Distinct (time, label) pairs of a batch and each row's index into them.
+    """Distinct (time, label[, attributes]) rows of a batch and each row's index into them.
 
-    While sampling, every row of a batch shares its time and most share a label: embedding the
-    few distinct conditions instead of every row halves the cost of a denoiser call.
+    While sampling, every row of a batch shares its time and most share their conditions:
+    embedding the few distinct conditions instead of every row halves the cost of a denoiser call.
     """
-    key = torch.stack([t.float(), (y if y is not None else torch.zeros_like(t)).float()], dim=1)
+    y = torch.zeros_like(t) if y is None else y
+    y = y.float()[:, None] if y.ndim == 1 else y.float()
+    key = torch.cat([t.float()[:, None], y], dim=1)
     return torch.unique(key, dim=0, return_inverse=True)

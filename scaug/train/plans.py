@@ -145,6 +145,10 @@ class DenoiserPlan(_StepPlan):
     network is conditional and unconditional (classifier-free guidance); without labels
     (``conditional=False``) every cell carries the null label.
 
+    With further attributes (donor, batch ...), ``label`` is (n, 1 + K): the type, then each
+    attribute's code, ``attribute_nulls`` their null codes; the type and each attribute are
+    replaced by their null code independently, each with probability ``label_dropout``.
+
     Examples
     --------
     >>> import numpy as np, torch
@@ -166,25 +170,40 @@ class DenoiserPlan(_StepPlan):
 
     def __init__(self, denoiser, diffusion, *, null_label: int, label_dropout: float,
                  conditional: bool, learning_rate: float, n_steps: int, seed: int,
-                 ema_decay: float = 0.995):
+                 ema_decay: float = 0.995, attribute_nulls=()):
         super().__init__(denoiser, learning_rate=learning_rate, n_steps=n_steps,
                          ema_decay=ema_decay, seed=seed)
         self.diffusion = diffusion
         self.null_label = int(null_label)
+        self.attribute_nulls = [int(v) for v in attribute_nulls]
         self.label_dropout = float(label_dropout)
         self.conditional = bool(conditional)
 
     def step_loss(self, batch):
         z0, spread, labels = batch
-        null = torch.full_like(labels, self.null_label)
-        if not self.conditional:
-            labels = null
-        else:  # unlabelled cells already carry the null label
-            labels = torch.where(torch.rand(len(labels), device=labels.device) < self.label_dropout,
-                                 null, labels)
+        if labels.ndim == 2:
+            labels = self._drop_conditions(labels.long())
+        else:
+            null = torch.full_like(labels, self.null_label)
+            if not self.conditional:
+                labels = null
+            else:  # unlabelled cells already carry the null label
+                labels = torch.where(
+                    torch.rand(len(labels), device=labels.device) < self.label_dropout, null,
+                    labels)
         z0 = z0 + spread * torch.randn_like(z0)
         return self.diffusion.training_loss(self.network, z0, labels)
 
+
+    def _drop_conditions(self, labels):
+        # the label and each attribute are dropped independently (scLDM / CFGen style), so one
+        # network learns p(z), p(z | type), p(z | attribute) and every joint conditional
+        nulls = torch.as_tensor(self.attribute_nulls, device=labels.device)
+        nulls = torch.cat([torch.tensor([self.null_label], device=labels.device), nulls])
+        drop = torch.rand(labels.shape, device=labels.device) < self.label_dropout
+        if not self.conditional:
+            drop[:, 0] = True
+        return torch.where(drop, nulls.expand_as(labels), labels)
 
 class ClassifierPlan(_StepPlan):
     """Trains :class:`scaug.nn.LatentClassifier` on noisy (and clean) latents, for post-guidance.
