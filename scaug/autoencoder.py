@@ -499,21 +499,25 @@ class CellAutoencoder(TransformerMixin, BaseEstimator):
         return out
 
     @torch.no_grad()
-    def generate(self, Z, library=None, *, generator: torch.Generator) -> np.ndarray:
+    def generate(self, Z, library=None, *, generator: torch.Generator, sparse: bool = False):
         """Expression drawn from the decoder's likelihood at latents ``Z``.
 
         ``library`` (total counts per cell) is required for the NB likelihood. Returns counts for
         ``"nb"`` and values in the input's scale for ``"gaussian"`` (clipped at 0 when the
-        training data were non-negative, as log-normalised data are).
+        training data were non-negative, as log-normalised data are), float32: an ndarray, or a
+        CSR matrix when ``sparse`` (NB counts are then drawn sparse, never as a dense matrix).
         """
         check_is_fitted(self, "module_")
         z = torch.as_tensor(np.asarray(Z, dtype=np.float32), device=self.device_)
         lib = None if library is None else torch.as_tensor(
             np.asarray(library, dtype=np.float32), device=self.device_)
+        if sparse and self.likelihood_ == "nb":
+            return self.module_.sample_counts(z, lib, generator=generator).astype(np.float32)
         x = self.module_.sample_expression(z, lib, generator=generator).cpu().numpy()
         if self.likelihood_ == "gaussian" and self.nonnegative_:
             x = np.maximum(x, 0)
-        return x.astype(np.float32)
+        x = x.astype(np.float32)
+        return sp.csr_matrix(x) if sparse else x
 
     # -- persistence ---------------------------------------------------------------------------
     def _state(self) -> dict:

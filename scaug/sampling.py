@@ -416,14 +416,19 @@ def output_dtype(input_dtype, max_value):
 
 
 def decode(autoencoder, Z, library, gen, *, sparse: bool, cells_per_batch: int):
-    """Cells drawn from the decoder's likelihood at latents ``Z``, ``cells_per_batch`` at a time
-    (memory bounded by the batch: each dense block becomes CSR before the next when ``sparse``)."""
-    parts = []
+    """Cells drawn from the decoder's likelihood at latents ``Z``, ``cells_per_batch`` at a time.
+
+    Memory is bounded by the batch beyond the output itself: when ``sparse``, NB counts are
+    drawn straight into CSR (no dense count block); dense output is filled in place.
+    """
+    n_genes = autoencoder.n_features_in_
+    if sparse:
+        parts = [autoencoder.generate(Z[idx], None if library is None else library[idx],
+                                      generator=gen, sparse=True)
+                 for idx in _utils.iter_batches(len(Z), cells_per_batch)]
+        return sp.vstack(parts, format="csr") if parts else sp.csr_matrix((0, n_genes), dtype=np.float32)
+    out = np.empty((len(Z), n_genes), dtype=np.float32)
     for idx in _utils.iter_batches(len(Z), cells_per_batch):
-        x = autoencoder.generate(Z[idx], None if library is None else library[idx], generator=gen)
-        parts.append(sp.csr_matrix(x) if sparse else x)
-    if not parts:
-        n_genes = autoencoder.n_features_in_
-        empty = np.zeros((0, n_genes), dtype=np.float32)
-        return sp.csr_matrix(empty) if sparse else empty
-    return sp.vstack(parts, format="csr") if sparse else np.concatenate(parts)
+        out[idx[0]:idx[-1] + 1] = autoencoder.generate(
+            Z[idx], None if library is None else library[idx], generator=gen)
+    return out

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -13,6 +14,104 @@ from ._layers import mlp
 
 #: counts are normalised to this many per cell before log1p, for the encoder's input
 TARGET_SUM = 1e4
+
+#: An NB entry is drawn by inversion of its distribution function (one uniform, then the pmf
+#: recursion while the count grows) when its mean is at most ``INVERSION_MAX_MEAN`` and its
+#: ``mu / (mu + theta)`` at most ``INVERSION_MAX_RATIO`` (so the pmf falls at least geometrically
+#: and the walk stays short); other entries are drawn as Gamma-Poisson. Both are exact.
+INVERSION_MAX_MEAN = 8.0
+INVERSION_MAX_RATIO = 0.9
+#: the zero test reads one uniform 16-bit integer ``j`` per entry (raw generator bytes: the
+#: cheapest uniform numpy draws); an entry that may be nonzero refines it into the float64
+#: uniform ``(j + u) / 2**16`` of a fresh ``u``
+_GRID = 2**16
+
+
+def nb_counts(mu: np.ndarray, theta: np.ndarray, rng: np.random.Generator) -> sp.csr_matrix:
+    """Exact negative-binomial draws with means ``mu`` and inverse dispersions ``theta``, as CSR.
+
+    ``mu`` is (n_cells, n_genes); ``theta`` is one value per gene (n_genes,) or per entry. Most
+    means of single-cell counts are far below 1, so most entries are zeros, and a zero is decided
+    from one uniform and one comparison, without computing the distribution: with ``s`` the
+    entry's uniform on [0, 1), the count is the smallest ``k`` with ``s >= P(X > k)``, and since
+    ``P(X > 0) <= mu`` every ``s >= mu`` gives 0. ``s`` is read coarsely first (16 random bits,
+    which settle ``s >= mu`` for nearly every entry of a small mean) and refined to float64 only
+    where the count may be nonzero; those walk the survival function down by the pmf recursion
+    ``P(k) = P(k - 1) (k - 1 + theta) / k * mu / (mu + theta)``. Entries of a large mean, or of
+    a heavy tail (a small ``theta``), are drawn as Gamma-Poisson instead. Exact up to float64
+    rounding; only nonzero counts are stored, no dense count matrix is built, and the same
+    ``rng`` state gives the same counts on every platform.
+
+    Returns
+    -------
+    scipy.sparse.csr_matrix of int64, shape (n_cells, n_genes)
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from scaug.nn.autoencoder import nb_counts
+    >>> mu = np.array([[0.0, 0.01, 5.0], [0.0, 1.0, 500.0]], dtype=np.float32)
+    >>> x = nb_counts(mu, np.array([1.0, 2.0, 10.0]), np.random.default_rng(0))
+    >>> x.shape, x.dtype, int(x[:, 0].sum())
+    ((2, 3), dtype('int64'), 0)
+    >>> big = nb_counts(np.full((20000, 1), 3.0, np.float32), np.array([2.0]), np.random.default_rng(1))
+    >>> round(float(big.mean()), 2), round(float(big.toarray().var()), 1)  # mu, mu + mu**2 / theta
+    (2.99, 7.4)
+    """
+    n_cells, n_genes = mu.shape
+    mu = np.ascontiguousarray(mu, dtype=np.float32)
+    theta = np.asarray(theta, dtype=np.float32)
+    per_entry = theta.size == mu.size
+    theta = theta.reshape(mu.shape) if per_entry else theta.reshape(-1)
+    # the largest mean drawn by inversion, per gene (or entry); larger ones are Gamma-Poisson
+    limit = np.minimum(INVERSION_MAX_MEAN, theta * (INVERSION_MAX_RATIO / (1 - INVERSION_MAX_RATIO)))
+    j = np.frombuffer(rng.bytes(2 * mu.size), dtype="<u2").reshape(mu.shape)
+    # every count the inversion makes nonzero is among these (j / 2**16 <= s < P(X > 0) <= mu;
+    # mu * 2**16 is exact in float32), and so is every Gamma-Poisson entry (mu > limit) of a gene
+    # with limit >= 1 (j / 2**16 < 1 < mu); those of the other genes are added
+    keep = j < mu * np.float32(_GRID)
+    if per_entry:
+        keep |= mu > limit
+    elif (low := np.flatnonzero(limit < 1)).size:
+        keep[:, low] |= mu[:, low] > limit[low]
+    cand = np.flatnonzero(keep)
+    m32 = mu.reshape(-1)[cand]
+    gene = cand % n_genes
+    th = theta.reshape(-1)[cand] if per_entry else theta[gene]
+    walk = m32 <= (limit.reshape(-1)[cand] if per_entry else limit[gene])
+    m, th = m32.astype(np.float64), th.astype(np.float64)
+    values = np.empty(cand.size, dtype=np.int64)
+    values[walk] = _nb_inversion(j.reshape(-1)[cand[walk]], m[walk], th[walk], rng)
+    rest = ~walk
+    values[rest] = rng.poisson(rng.standard_gamma(th[rest]) * (m[rest] / th[rest]))
+    nonzero = values > 0
+    pos = cand[nonzero]
+    indptr = np.searchsorted(pos, np.arange(n_cells + 1, dtype=np.int64) * n_genes)
+    return sp.csr_matrix((values[nonzero], gene[nonzero].astype(np.int32), indptr),
+                         shape=(n_cells, n_genes))
+
+
+def _nb_inversion(j, mu, theta, rng):
+    """NB(mu, theta) counts by inversion, from the coarse uniforms ``j / 2**16`` refined."""
+    s = (j + rng.random(j.size)) / _GRID  # uniform on [0, 1)
+    ratio = mu / (mu + theta)
+    survival = -np.expm1(theta * np.log1p(-ratio))  # P(X > 0), accurate for tiny means
+    x = np.zeros(j.size, dtype=np.int64)
+    act = np.flatnonzero(s < survival)
+    survival, s, theta, ratio = survival[act], s[act], theta[act], ratio[act]
+    pk = 1.0 - survival  # P(0)
+    k = 0
+    while act.size:  # the entries known to be > k
+        k += 1
+        x[act] = k
+        pk = pk * ((k - 1 + theta) / k * ratio)  # P(k)
+        survival = survival - pk  # P(X > k)
+        # pk > 0: once the pmf underflows (k in the thousands) rounding is all that is left
+        more = (s < survival) & (pk > 0)
+        if not more.all():
+            act, pk, survival, s, theta, ratio = (
+                act[more], pk[more], survival[more], s[more], theta[more], ratio[more])
+    return x
 
 
 def nb_log_likelihood(x: torch.Tensor, mu: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
@@ -106,28 +205,63 @@ class AutoencoderModule(nn.Module):
                 - 0.5 * math.log(2 * math.pi)).sum(-1)
 
     @torch.no_grad()
+    def nb_parameters(self, z: torch.Tensor, library: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """NB means (n, n_genes) and inverse dispersions ((n_genes,), or (n, n_genes) per cell),
+        for sampling (no gradient: the means are scaled in place, one block-sized tensor less)."""
+        out, log_scale = self._decode_with_scale(z)
+        return F.softmax(out, dim=-1).mul_(library[:, None]), torch.exp(log_scale)
+
+    @torch.no_grad()
+    def sample_counts(self, z: torch.Tensor, library: torch.Tensor,
+                      generator: torch.Generator | None = None) -> sp.csr_matrix:
+        """NB counts drawn at latents ``z``, as a CSR matrix of int64 (noise from ``generator``).
+
+        On the CPU :func:`nb_counts` draws them (exact, from a numpy generator seeded from
+        ``generator``), storing only nonzero counts; on a GPU torch draws them there as
+        Gamma-Poisson from a GPU generator seeded the same way, and only the nonzero counts
+        travel to the CPU. Same seed, same device: same cells.
+        """
+        if self.likelihood != "nb":
+            raise ValueError("sample_counts needs the NB likelihood; this module is Gaussian.")
+        mu, theta = self.nb_parameters(z, library)
+        seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+        if mu.device.type == "cpu":
+            return nb_counts(mu.numpy(), theta.numpy(), np.random.default_rng(seed))
+        return csr_from_torch(_torch_gamma_poisson(mu, theta, seed))
+
+    @torch.no_grad()
     def sample_expression(self, z: torch.Tensor, library: torch.Tensor | None,
                           generator: torch.Generator | None = None) -> torch.Tensor:
         """Draw expression from the likelihood given latents (noise comes from ``generator``).
 
-        For NB the draw is Gamma-Poisson. On the CPU numpy makes it, from a seed taken from
-        ``generator`` (numpy's Gamma and Poisson draws cost half of torch's on a CPU thread); on
-        a GPU torch makes it there, from a GPU generator seeded the same way, so counts never
-        travel to the CPU to be drawn (same seed, same device: same cells).
+        NB counts come from :meth:`sample_counts` on the CPU (then made dense); on a GPU torch
+        draws them there as Gamma-Poisson, into a tensor on the GPU.
         """
+        if self.likelihood == "nb":
+            if z.device.type == "cpu":
+                return torch.from_numpy(self.sample_counts(z, library, generator).toarray()
+                                        .astype(np.float32))
+            mu, theta = self.nb_parameters(z, library)
+            seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+            return _torch_gamma_poisson(mu, theta, seed)
         out, log_scale = self._decode_with_scale(z)
         seed = int(torch.randint(0, 2**62, (1,), generator=generator))
-        if self.likelihood == "nb":
-            mu = library[:, None] * F.softmax(out, dim=-1)
-            theta = torch.exp(log_scale).expand(out.shape)
-            if mu.device.type != "cpu":
-                gen = torch.Generator(device=mu.device).manual_seed(seed)
-                return torch.poisson(torch._standard_gamma(theta, generator=gen) * (mu / theta),
-                                     generator=gen)
-            rng = np.random.default_rng(seed)
-            mu, theta = mu.numpy(), theta.numpy()
-            counts = rng.poisson(rng.standard_gamma(theta, dtype=np.float32) * (mu / theta))
-            return torch.from_numpy(counts.astype(np.float32))
         rng = np.random.default_rng(seed)
         noise = torch.from_numpy(rng.standard_normal(out.shape, dtype=np.float32)).to(out.device)
         return (out + torch.exp(log_scale) * noise) * self.gene_scale + self.gene_mean
+
+
+def csr_from_torch(x: torch.Tensor) -> sp.csr_matrix:
+    """A dense tensor of counts (on any device) as a CSR matrix of int64: made sparse where it
+    is, so only its nonzero entries travel to the CPU."""
+    rows, cols = x.nonzero(as_tuple=True)  # in row-major order
+    values = x[rows, cols].cpu().numpy().astype(np.int64)
+    indptr = np.searchsorted(rows.cpu().numpy(), np.arange(x.shape[0] + 1))
+    return sp.csr_matrix((values, cols.cpu().numpy().astype(np.int32), indptr), shape=tuple(x.shape))
+
+
+def _torch_gamma_poisson(mu: torch.Tensor, theta: torch.Tensor, seed: int) -> torch.Tensor:
+    """NB counts (float) drawn by torch on ``mu``'s device, from a generator seeded by ``seed``."""
+    gen = torch.Generator(device=mu.device).manual_seed(seed)
+    return torch.poisson(torch._standard_gamma(theta.expand(mu.shape), generator=gen) * (mu / theta),
+                         generator=gen)
