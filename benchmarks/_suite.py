@@ -63,12 +63,14 @@ HISTORY = {
 #: CellAutoencoder settings of SCLD's autoencoder, in full
 AUTOENCODER = dict(n_latent=16, hidden=[256, 128], likelihood="auto", dispersion="gene",
                    max_epochs=None, batch_size=128, learning_rate=1e-3, latent_noise=0.1,
-                   class_balance=0.5)
+                   class_balance=0.5, early_stopping=True, validation_fraction=0.1,
+                   n_iter_no_change=5, tol=1e-3, check_every=100)
 #: SCLD's diffusion and sampling settings, in full (its autoencoder is AUTOENCODER, fitted apart)
 DIFFUSION = dict(width=128, depth=3, max_epochs=None, diffusion_steps=None, batch_size=256,
                  learning_rate=1e-3, label_dropout=0.15, latent_smoothing=4.0, sampler="ddim",
                  screening_threshold=0.5, screening_quantile=0.9, screening_tolerance=1.0,
-                 max_rounds=10)
+                 max_rounds=10, latent_classifier="auto", early_stopping=True,
+                 validation_fraction=0.1, n_iter_no_change=5, tol=1e-3)
 SAMPLING = dict(guidance_scale=1.0, classifier_scale=0.0, screening=False, n_sample_steps=50)
 ALL_THREE = dict(guidance_scale=2.0, classifier_scale=1.0, screening=True)
 
@@ -102,7 +104,9 @@ REGISTRY = {
     "SCLD": _scld(),
     "SCLD, no latent smoothing": _scld(diffusion={"latent_smoothing": 0.0}, dev=True),
     "SCLD, CFG w=2": _scld(sampling={"guidance_scale": 2.0}, dev=True),
-    "SCLD, all three guidances": _scld(sampling=ALL_THREE, dev=True),
+    # post-guidance at sampling needs the latent classifier, which a default fit skips
+    "SCLD, all three guidances": _scld(diffusion={"latent_classifier": True}, sampling=ALL_THREE,
+                                       dev=True),
     "SCLD, gene-cell dispersion and latent noise 1.0": _scld(
         autoencoder={"dispersion": "gene-cell", "latent_noise": 1.0}, dev=True),
     "SCLD, to 0.2 of the largest type": _scld(amount=0.2, dev=True),
@@ -252,11 +256,20 @@ class Fits:
 
     def autoencoder(self, settings):
         from scaug import CellAutoencoder
+        from scaug.train import validation_split
 
         params = dict(settings, hidden=tuple(settings["hidden"]))
+        n = self.ae_cells.shape[0]
+        validation = None  # without labels: the autoencoder's own random split
+        if self.ae_cells is self.X:
+            # as SCLD's own autoencoder: cells held out for early stopping only from types of at
+            # least 100 cells, so the capped types keep all their cells
+            groups = np.unique(np.asarray(self.y).astype(str), return_inverse=True)[1]
+            validation = validation_split(groups, settings["validation_fraction"], self.seed)
+            validation = np.zeros(n, bool) if validation is None else validation
         return self._once(json.dumps(settings, sort_keys=True), lambda: CellAutoencoder(
             **params, random_state=self.seed, device=self.device, verbose=self.verbose)
-            .fit(self.ae_cells))
+            .fit(self.ae_cells, validation_cells=validation))
 
     def scld(self, s):
         """The SCLD of settings ``s`` on the split's autoencoder; ``(model, ae s, fit s)``."""

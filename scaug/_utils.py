@@ -216,6 +216,15 @@ def check_labels(y, n_cells: int) -> np.ndarray:
 UNLABELLED = -1
 
 
+def check_mask(mask, n: int, name: str) -> np.ndarray:
+    """``mask`` as a boolean array of ``n`` cells, or a clear error."""
+    values = np.asarray(mask)
+    if values.shape != (n,) or values.dtype != bool:
+        raise ValueError(f"{name} must be a boolean array with one value per cell ({n}); got "
+                         f"{values.dtype} of shape {values.shape}.")
+    return values
+
+
 def unlabelled_mask(y: np.ndarray) -> np.ndarray:
     """True for the cells labelled with the number ``-1``; a bool is never unlabelled.
 

@@ -16,7 +16,16 @@ from sklearn.utils.validation import check_is_fitted
 from . import _utils
 from .nn import AutoencoderModule
 from .nn.autoencoder import TARGET_SUM  # noqa: F401  (re-exported: the encoder's input scale)
-from .train import AutoencoderPlan, BalancedDraws, MinibatchData, OnDiskCells, fit_plan, process_rank
+from .train import (
+    AutoencoderPlan,
+    BalancedDraws,
+    ConvergenceStop,
+    MinibatchData,
+    OnDiskCells,
+    fit_plan,
+    process_rank,
+    validation_split,
+)
 
 
 def _gene_moments(X):
@@ -147,6 +156,20 @@ class CellAutoencoder(TransformerMixin, BaseEstimator):
     class_balance : float, default=0.5
         Only used when :meth:`fit` gets labels: class ``c`` is drawn with probability
         ~ ``n_c ** class_balance`` (0: every type equally often, 1: every cell equally often).
+    early_stopping : bool, default=True
+        Hold out ``validation_fraction`` of the cells and stop training once their loss has
+        stopped improving, instead of always running ``max_epochs``. Cells are held out only
+        from types (with ``y``; all cells otherwise) of at least 100 cells, so rare types keep
+        every cell; with no such group, for an ``OnDiskCells``, or when the budget is too short
+        to be checked ``n_iter_no_change + 1`` times, training runs its full budget on every
+        cell. The held-out cells are never trained on.
+    validation_fraction : float in (0, 1), default=0.1
+    n_iter_no_change : int, default=5
+        Checks (every ``check_every`` optimiser steps) without an improvement of at least ``tol``
+        (relative) after which training stops.
+    tol : float, default=1e-3
+    check_every : int, default=100
+        Optimiser steps between two checks of the validation loss.
     trainer_kwargs : dict or None, default=None
         Extra arguments of the Lightning ``Trainer``, to scale training out, for example
         ``{"devices": 4, "strategy": "ddp", "num_nodes": 2}`` (see the user guide's atlas-scale
@@ -196,6 +219,11 @@ class CellAutoencoder(TransformerMixin, BaseEstimator):
         "learning_rate": [_utils.Interval(Real, 0, None, closed="neither")],
         "latent_noise": [_utils.Interval(Real, 0, None, closed="left")],
         "class_balance": [_utils.Interval(Real, 0, 1, closed="both")],
+        "early_stopping": ["boolean"],
+        "validation_fraction": [_utils.Interval(Real, 0, 1, closed="neither")],
+        "n_iter_no_change": [_utils.Interval(Integral, 1, None, closed="left")],
+        "tol": [_utils.Interval(Real, 0, 1, closed="left")],
+        "check_every": [_utils.Interval(Integral, 1, None, closed="left")],
         "trainer_kwargs": [dict, None],
         "cpu_threads": [_utils.Interval(Integral, 1, None, closed="left"), None],
         "device": [str, torch.device],
@@ -205,8 +233,9 @@ class CellAutoencoder(TransformerMixin, BaseEstimator):
 
     def __init__(self, *, n_latent=16, hidden=(256, 128), likelihood="auto", dispersion="gene",
                  max_epochs=None, batch_size=128, learning_rate=1e-3, latent_noise=0.1,
-                 class_balance=0.5, trainer_kwargs=None, cpu_threads=1, device="auto", random_state=None,
-                 verbose=True):
+                 class_balance=0.5, early_stopping=True, validation_fraction=0.1,
+                 n_iter_no_change=5, tol=1e-3, check_every=100, trainer_kwargs=None,
+                 cpu_threads=1, device="auto", random_state=None, verbose=True):
         self.n_latent = n_latent
         self.hidden = hidden
         self.likelihood = likelihood
@@ -216,6 +245,11 @@ class CellAutoencoder(TransformerMixin, BaseEstimator):
         self.learning_rate = learning_rate
         self.latent_noise = latent_noise
         self.class_balance = class_balance
+        self.early_stopping = early_stopping
+        self.validation_fraction = validation_fraction
+        self.n_iter_no_change = n_iter_no_change
+        self.tol = tol
+        self.check_every = check_every
         self.trainer_kwargs = trainer_kwargs
         self.cpu_threads = cpu_threads
         self.device = device
@@ -229,7 +263,7 @@ class CellAutoencoder(TransformerMixin, BaseEstimator):
     # -- fit / transform -----------------------------------------------------------------------
     @_fit_context(prefer_skip_nested_validation=True)
     @_utils.with_cpu_threads
-    def fit(self, X, y=None, *, feature_names=None):
+    def fit(self, X, y=None, *, feature_names=None, validation_cells=None):
         """Train on cells ``X`` (cells x genes, dense or sparse).
 
         Labels are optional and never enter the model: when ``y`` is given, minibatches are
@@ -249,11 +283,15 @@ class CellAutoencoder(TransformerMixin, BaseEstimator):
         feature_names : array-like of str, optional
             Gene names for input without column names (an AnnData's ``var_names``); a
             DataFrame's columns are used otherwise.
+        validation_cells : array-like of bool of shape (n_cells,), optional
+            The cells to hold out for ``early_stopping``, instead of the automatic choice.
 
         Returns
         -------
         self : CellAutoencoder
             Fitted; a fit that fails or is interrupted leaves the estimator as it was.
+            ``stopped_at_`` is the optimiser step early stopping ended training at (None when
+            it ran its full budget).
         """
         device = _utils.resolve_device(self.device)
         _utils.check_trainer_kwargs(self.trainer_kwargs)
@@ -263,6 +301,8 @@ class CellAutoencoder(TransformerMixin, BaseEstimator):
             X = _utils.check_matrix(X, min_rows=2)
         likelihood = _utils.decide_likelihood(X.sample() if on_disk else X, self.likelihood)
         codes = _class_codes(y, X.shape[0])
+        if validation_cells is not None:
+            validation_cells = _utils.check_mask(validation_cells, X.shape[0], "validation_cells")
         seed = _utils.seed_from(self.random_state)
         n_epochs = self.max_epochs or _default_epochs(X.shape[0], self.batch_size)
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), \
@@ -276,7 +316,7 @@ class CellAutoencoder(TransformerMixin, BaseEstimator):
                 module.gene_mean.copy_(torch.from_numpy(mean))
                 module.gene_scale.copy_(torch.from_numpy(scale))
             plan = self._train(module, X, codes, n_epochs=n_epochs, seed=seed, device=device,
-                               verbose=self.verbose)
+                               verbose=self.verbose, validation_cells=validation_cells)
         # all or nothing: the fitted state is set only once training has finished
         _utils.drop_fitted_state(self)
         self.module_ = module.eval()
@@ -286,21 +326,43 @@ class CellAutoencoder(TransformerMixin, BaseEstimator):
         if names is not None:
             self.feature_names_in_ = names
         self.history_ = list(plan.history)
+        self.stopped_at_ = plan.stopped_at
         self._set_runtime(device)
         return self
 
-    def _train(self, module, X, codes, *, n_epochs, seed, device, verbose, desc="autoencoder"):
-        """Train ``module`` on ``X`` (in memory or on disk) for ``n_epochs``; returns the plan."""
+    def _train(self, module, X, codes, *, n_epochs, seed, device, verbose, desc="autoencoder",
+               validation_cells=None):
+        """Train ``module`` on ``X`` (in memory or on disk) for at most ``n_epochs``; returns the
+        plan (its ``stopped_at`` set)."""
+        stopping, validation, rows = None, None, None
+        budget = n_epochs * max(1, int(np.ceil(X.shape[0] / self.batch_size)))
+        # a stage too short to be checked n_iter_no_change + 1 times trains on every cell
+        long_enough = budget >= self.check_every * (self.n_iter_no_change + 1)
+        if self.early_stopping and long_enough and not isinstance(X, OnDiskCells):
+            if validation_cells is None:
+                groups = np.zeros(X.shape[0], np.int64) if codes is None else codes
+                validation_cells = validation_split(groups, float(self.validation_fraction), seed)
+            if validation_cells is not None and validation_cells.any() and not validation_cells.all():
+                rows = np.flatnonzero(~validation_cells)
+                validation = X[np.flatnonzero(validation_cells)]
+                stopping = ConvergenceStop(patience=self.n_iter_no_change, tol=self.tol,
+                                           check_every=int(self.check_every))
         if isinstance(X, OnDiskCells):
             data = X.minibatches(batch_size=int(self.batch_size), seed=seed, codes=codes,
                                  class_balance=self.class_balance)
         else:
-            data = MinibatchData([X], batch_size=int(self.batch_size), seed=seed,
-                                 draw=None if codes is None else BalancedDraws(codes, self.class_balance))
+            draw = None
+            if codes is not None:
+                draw = BalancedDraws(codes if rows is None else codes[rows], self.class_balance)
+            data = MinibatchData([X], batch_size=int(self.batch_size), seed=seed, rows=rows,
+                                 draw=draw)
         plan = AutoencoderPlan(module, latent_noise=self.latent_noise,
-                               learning_rate=self.learning_rate, n_epochs=n_epochs, seed=seed)
+                               learning_rate=self.learning_rate, n_epochs=n_epochs, seed=seed,
+                               validation=validation)
         fit_plan(plan, data, device=device, trainer_kwargs=self.trainer_kwargs,
-                 max_epochs=n_epochs, desc=desc, verbose=verbose)
+                 max_epochs=n_epochs, desc=desc, verbose=verbose, stopping=stopping)
+        plan.stopped_at = None if stopping is None else stopping.stopped_at
+        plan.validation_history = [] if stopping is None else stopping.history
         return plan
 
     def check_genes(self, X) -> None:
@@ -454,16 +516,16 @@ class CellAutoencoder(TransformerMixin, BaseEstimator):
                 moments = (mean, scale)
             _transplant(self.module_, module, index, moments=moments,
                         shares=_mean_shares(sample) if self.likelihood_ == "nb" else None)
-            history = []
+            history, stopped = [], None
             if max_epochs:
                 frozen = [p for k, p in module.named_parameters()
                           if finetune == "genes" and not k.startswith(_GENE_LAYERS)]
                 for p in frozen:
                     p.requires_grad_(False)
                 try:
-                    history = list(self._train(module, X, codes, n_epochs=max_epochs, seed=seed,
-                                               device=device, verbose=self.verbose,
-                                               desc="adapting").history)
+                    plan = self._train(module, X, codes, n_epochs=max_epochs, seed=seed,
+                                       device=device, verbose=self.verbose, desc="adapting")
+                    history, stopped = list(plan.history), plan.stopped_at
                 finally:
                     for p in frozen:
                         p.requires_grad_(True)
@@ -474,6 +536,7 @@ class CellAutoencoder(TransformerMixin, BaseEstimator):
         new.n_features_in_ = len(names)
         new.feature_names_in_ = np.asarray(names, dtype=object)
         new.history_ = history
+        new.stopped_at_ = stopped
         new.gene_overlap_ = report
         new._set_runtime(device)
         return new
@@ -532,6 +595,7 @@ class CellAutoencoder(TransformerMixin, BaseEstimator):
             "feature_names_in": None if names is None else _utils.to_plain_list(names),
             "module": {k: v.detach().cpu() for k, v in self.module_.state_dict().items()},
             "history": [float(v) for v in self.history_],
+            "stopped_at": self.stopped_at_,
             "gene_overlap": getattr(self, "gene_overlap_", None),
         }
 
@@ -550,6 +614,7 @@ class CellAutoencoder(TransformerMixin, BaseEstimator):
         ae.module_.load_state_dict(state["module"])
         ae.module_.eval()
         ae.history_ = state["history"]
+        ae.stopped_at_ = state.get("stopped_at")
         if state.get("gene_overlap") is not None:  # an adapted autoencoder (see adapt)
             ae.gene_overlap_ = dict(state["gene_overlap"])
         ae._set_runtime(_utils.resolve_device(device))

@@ -65,9 +65,14 @@ class GaussianDiffusion:
         """Network time input in [0, 1]."""
         return t.float() / self.n_steps
 
-    def training_loss(self, model, z0: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        t = torch.randint(1, self.n_steps + 1, (z0.shape[0],), device=z0.device)
-        noise = torch.randn_like(z0)
+    def training_loss(self, model, z0: torch.Tensor, y: torch.Tensor, t: torch.Tensor | None = None,
+                      noise: torch.Tensor | None = None) -> torch.Tensor:
+        """Mean squared error of the v-prediction at random times (or the given ``t`` and
+        ``noise``: a validation loss on fixed draws compares checkpoints without sampling noise)."""
+        if t is None:
+            t = torch.randint(1, self.n_steps + 1, (z0.shape[0],), device=z0.device)
+        if noise is None:
+            noise = torch.randn_like(z0)
         z_t = self.q_sample(z0, t, noise)
         a, s = self._coef(t, z0.device)
         v = a * noise - s * z0

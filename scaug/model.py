@@ -23,11 +23,13 @@ from .nn import Denoiser, LatentClassifier
 from .train import (
     BalancedDraws,
     ClassifierPlan,
+    ConvergenceStop,
     DenoiserPlan,
     MinibatchData,
     OnDiskCells,
     fit_plan,
     process_rank,
+    validation_split,
 )
 
 
@@ -133,6 +135,23 @@ class SCLD(BaseEstimator):
     sampler : {"ddim", "ancestral", "dpm-solver++"}, default="ddim"
         DDIM (deterministic), the stochastic DDPM sampler, or DPM-Solver++(2M), a second-order
         solver that needs fewer steps (``docs/sampling_speed.md`` compares them).
+    latent_classifier : "auto" or bool, default="auto"
+        Train the classifier on noisy latents that post-guidance needs (``classifier_scale`` and
+        ``screening``). ``"auto"`` trains it only when this model's settings use it; ``True``
+        trains it anyway, so that :meth:`sample` can switch post-guidance on later.
+    early_stopping : bool, default=True
+        Hold out ``validation_fraction`` of the cells and stop the autoencoder and the diffusion
+        stage once the held-out cells' loss has stopped improving (checked every 100 optimiser
+        steps; ``n_iter_no_change`` checks without a relative improvement of ``tol``), instead of
+        always running the full budget (``max_epochs``, ``diffusion_steps``). Cells are held out
+        only from types (and the unlabelled cells) of at least 100 cells, so rare types keep
+        every cell; they still count in the per-type summaries. Without such a type, for an
+        ``OnDiskCells``, and in a stage too short to be checked ``n_iter_no_change + 1`` times,
+        a stage runs its full budget on every cell. ``stopped_at_`` tells where each stage
+        stopped.
+    validation_fraction : float in (0, 1), default=0.1
+    n_iter_no_change : int, default=5
+    tol : float, default=1e-3
     trainer_kwargs : dict or None, default=None
         Extra arguments of the Lightning ``Trainer`` for every training stage, to scale out:
         ``{"devices": 4, "strategy": "ddp", "num_nodes": 2}``. An autoencoder trained inside
@@ -158,7 +177,11 @@ class SCLD(BaseEstimator):
     denoiser_ : scaug.nn.Denoiser
         EMA weights of the denoiser.
     classifier_ : scaug.nn.LatentClassifier or None
-        Classifier on noisy latents (None when fitted without labels).
+        Classifier on noisy latents (None when fitted without labels, or when post-guidance
+        was off and ``latent_classifier="auto"``).
+    stopped_at_ : dict
+        ``{"autoencoder": step or None, "diffusion": step or None}``: the optimiser step early
+        stopping ended each stage at (None: it ran its full budget, or was not trained here).
     classes_ : ndarray
         The cell types, in the order of the label embedding: ``classes_[i]`` is label ``i``.
     class_counts_ : ndarray of int
@@ -236,6 +259,11 @@ class SCLD(BaseEstimator):
         "max_rounds": [_utils.Interval(Integral, 1, None, closed="left")],
         "n_sample_steps": [_utils.Interval(Integral, 1, None, closed="left")],
         "sampler": [StrOptions(set(SAMPLERS))],
+        "latent_classifier": [StrOptions({"auto"}), "boolean"],
+        "early_stopping": ["boolean"],
+        "validation_fraction": [_utils.Interval(Real, 0, 1, closed="neither")],
+        "n_iter_no_change": [_utils.Interval(Integral, 1, None, closed="left")],
+        "tol": [_utils.Interval(Real, 0, 1, closed="left")],
         "trainer_kwargs": [dict, None],
         "cpu_threads": [_utils.Interval(Integral, 1, None, closed="left"), None],
         "device": [str, torch.device],
@@ -249,8 +277,9 @@ class SCLD(BaseEstimator):
                  label_dropout=0.15, latent_smoothing=4.0, guidance_scale=1.0, classifier_scale=0.0,
                  screening=False, screening_threshold=0.5, screening_quantile=0.9,
                  screening_tolerance=1.0, max_rounds=10, n_sample_steps=50, sampler="ddim",
-                 trainer_kwargs=None, cpu_threads=1, device="auto", random_state=None,
-                 verbose=True):
+                 latent_classifier="auto", early_stopping=True, validation_fraction=0.1,
+                 n_iter_no_change=5, tol=1e-3, trainer_kwargs=None, cpu_threads=1,
+                 device="auto", random_state=None, verbose=True):
         self.autoencoder = autoencoder
         self.min_gene_overlap = min_gene_overlap
         self.n_latent = n_latent
@@ -272,6 +301,11 @@ class SCLD(BaseEstimator):
         self.max_rounds = max_rounds
         self.n_sample_steps = n_sample_steps
         self.sampler = sampler
+        self.latent_classifier = latent_classifier
+        self.early_stopping = early_stopping
+        self.validation_fraction = validation_fraction
+        self.n_iter_no_change = n_iter_no_change
+        self.tol = tol
         self.trainer_kwargs = trainer_kwargs
         self.cpu_threads = cpu_threads
         self.device = device
@@ -310,9 +344,22 @@ class SCLD(BaseEstimator):
                                  cpu_threads=None)
         # cpu_threads=None: this model's setting is already in force
         return CellAutoencoder(n_latent=int(self.n_latent), hidden=tuple(self.ae_hidden),
-                               max_epochs=self.max_epochs, device=device, random_state=seed,
-                               verbose=self.verbose, trainer_kwargs=self.trainer_kwargs,
-                               cpu_threads=None)
+                               max_epochs=self.max_epochs, early_stopping=self.early_stopping,
+                               validation_fraction=self.validation_fraction,
+                               n_iter_no_change=self.n_iter_no_change, tol=self.tol,
+                               device=device, random_state=seed, verbose=self.verbose,
+                               trainer_kwargs=self.trainer_kwargs, cpu_threads=None)
+
+    def _validation_cells(self, y, n_cells: int, on_disk: bool, seed: int):
+        """The cells held out to stop training at convergence (None: train the full budget).
+
+        Taken only from types (and the unlabelled cells) of at least 100 cells, so a rare type
+        keeps every cell for training."""
+        if not self.early_stopping or on_disk:
+            return None
+        groups = (np.zeros(n_cells, np.int64) if y is None
+                  else np.unique(np.asarray(y).astype(str), return_inverse=True)[1])
+        return validation_split(groups, float(self.validation_fraction), seed)
 
     # -- fit -----------------------------------------------------------------------------------
     @_fit_context(prefer_skip_nested_validation=True)
@@ -386,8 +433,12 @@ class SCLD(BaseEstimator):
                 raise ValueError("The given autoencoder models counts, but X is not integer counts.")
 
         seed = _utils.seed_from(self.random_state)
+        validation = self._validation_cells(y, X.shape[0], on_disk, seed)
+        trained_here = ae is None
         if ae is None:
-            ae = self._new_autoencoder(device, seed).fit(X, feature_names=names)
+            ae = self._new_autoencoder(device, seed).fit(
+                X, feature_names=names,
+                validation_cells=validation if validation is not None else np.zeros(X.shape[0], bool))
         elif overlap is not None:  # a private copy, so its settings may change
             reordered = overlap["n_new"] == 0 and overlap["n_missing"] == 0
             ae = ae.set_params(verbose=self.verbose, trainer_kwargs=self.trainer_kwargs,
@@ -435,17 +486,31 @@ class SCLD(BaseEstimator):
             torch.manual_seed(seed + 1)
             denoiser = Denoiser(Zs.shape[1], n_classes, int(self.width), int(self.depth),
                                 n_values=[len(v) for v in condition_values.values()])
+            rows, stopping = None, None
+            # a stage too short to be checked n_iter_no_change + 1 times trains on every cell
+            if validation is not None and n_steps >= 100 * (self.n_iter_no_change + 1):
+                rows = np.flatnonzero(~validation)
+                stopping = ConvergenceStop(patience=self.n_iter_no_change, tol=self.tol,
+                                           check_every=100)
             plan = DenoiserPlan(denoiser, diffusion, null_label=null,
                                 attribute_nulls=denoiser.n_values,
                                 label_dropout=self.label_dropout, conditional=classes is not None,
-                                learning_rate=self.learning_rate, n_steps=n_steps, seed=seed + 1)
+                                learning_rate=self.learning_rate, n_steps=n_steps, seed=seed + 1,
+                                validation=None if rows is None
+                                else (Zs[validation], train_codes[validation]))
             data = MinibatchData([shrunk, spread, train_codes], batch_size=int(self.batch_size),
-                                 seed=seed + 1, n_batches=n_steps, draw=BalancedDraws(codes))
+                                 seed=seed + 1, n_batches=n_steps, rows=rows,
+                                 draw=BalancedDraws(codes if rows is None else codes[rows]))
             fit_plan(plan, data, device=device, trainer_kwargs=self.trainer_kwargs,
-                     max_steps=n_steps, desc="diffusion", verbose=self.verbose)
+                     max_steps=n_steps, desc="diffusion", verbose=self.verbose,
+                     stopping=stopping)
             denoiser_ema, diffusion_history = plan.averaged.eval(), list(plan.history)
+            diffusion_stopped_at = None if stopping is None else stopping.stopped_at
             classifier, classifier_history = None, []
-            if classes is not None and n_classes > 1:
+            wants_classifier = (self.latent_classifier is True or (
+                self.latent_classifier == "auto"
+                and (self.classifier_scale > 0 or self.screening)))
+            if classes is not None and n_classes > 1 and wants_classifier:
                 clf = LatentClassifier(Zs.shape[1], n_classes)
                 n_clf = max(1, n_steps // 2)
                 cplan = ClassifierPlan(clf, diffusion, learning_rate=self.learning_rate,
@@ -481,6 +546,8 @@ class SCLD(BaseEstimator):
         self.diffusion_ = diffusion
         self.classifier_ = None if classifier is None else classifier.to(device)
         self.classifier_history_ = classifier_history
+        self.stopped_at_ = {"autoencoder": ae.stopped_at_ if trained_here else None,
+                            "diffusion": diffusion_stopped_at}
         self.diffusion_history_ = diffusion_history
         self.device_ = device
         self.denoiser_ = denoiser_ema.to(device)  # last: check_is_fitted looks for it
@@ -562,6 +629,12 @@ class SCLD(BaseEstimator):
             screening_threshold=screening_threshold, n_sample_steps=n_sample_steps,
             sampler=sampler).items()}
         _utils.validate_against(self, opts)
+        if (self.classifier_ is None and self.classes_ is not None and len(self.classes_) > 1
+                and (opts["classifier_scale"] > 0 or opts["screening"])):
+            raise ValueError(
+                "classifier_scale > 0 and screening need the latent classifier, which this model "
+                "did not train: it was fitted with classifier_scale=0, screening=False and "
+                "latent_classifier='auto'. Refit with latent_classifier=True to sample both ways.")
         for name, v in (("batch_size", batch_size), ("max_cells", max_cells)):
             if not (isinstance(v, Integral) and not isinstance(v, bool) and v >= 1):
                 raise ValueError(f"{name} must be a positive int; got {v!r}.")
@@ -775,6 +848,7 @@ class SCLD(BaseEstimator):
             "diffusion_steps": self.diffusion_.n_steps,
             "history": {"diffusion": [float(v) for v in self.diffusion_history_],
                         "classifier": [float(v) for v in self.classifier_history_]},
+            "stopped_at": self.stopped_at_,
             **_utils.provenance(n_obs=self.n_train_, n_features=self.n_features_in_),
         }
         _utils.atomic_save(state, path, overwrite=overwrite)
@@ -814,6 +888,7 @@ class SCLD(BaseEstimator):
         model.diffusion_ = GaussianDiffusion(state["diffusion_steps"])
         model.diffusion_history_ = state["history"]["diffusion"]
         model.classifier_history_ = state["history"]["classifier"]
+        model.stopped_at_ = state.get("stopped_at", {"autoencoder": None, "diffusion": None})
         d, n_classes = len(model.latent_mean_), len(model.class_counts_)
         model.classifier_ = None
         if state["classifier"] is not None:

@@ -24,6 +24,17 @@ def test_quick_demo_prints_the_table(capsys):
     assert "fold 2/2" in err  # progress goes to stderr
 
 
+def test_demo_scores_do_not_depend_on_jobs(capsys):
+    pytest.importorskip("xgboost")
+    tables = []
+    for jobs in ("1", "2"):
+        assert main(["demo", "--quick", "--folds", "2", "--jobs", jobs, "--quiet"]) == 0
+        out = capsys.readouterr().out
+        # the fit-time column differs from run to run; the scores must not
+        tables.append([line.rsplit(None, 1)[0] for line in out.splitlines() if line.strip()])
+    assert tables[0] == tables[1]
+
+
 def test_quiet_silences_progress(capsys, monkeypatch):
     import scaug.cli as cli
 

@@ -33,7 +33,9 @@ def autoencoder(data):
 def fitted(data, autoencoder):
     X, y = data
     # max_epochs would also cap the diffusion stage; the pretrained autoencoder keeps it short
-    return SCLD(autoencoder=autoencoder, diffusion_steps=1500, random_state=0, **TINY).fit(X, y)
+    # latent_classifier=True: the post-guidance tests sample this model with it switched on
+    return SCLD(autoencoder=autoencoder, diffusion_steps=1500, latent_classifier=True,
+                random_state=0, **TINY).fit(X, y)
 
 
 def test_sample_shapes_counts_and_labels(fitted):
@@ -228,7 +230,8 @@ def semi(data):
     unl = rng.random(len(y)) < 0.75
     y_semi = np.where(unl, -1, y).astype(object)
     X_semi = sp.diags(np.where(unl, 4.0, 1.0)).astype(np.float32) @ X
-    model = SCLD(max_epochs=3, diffusion_steps=200, random_state=0, **TINY).fit(X_semi, y_semi)
+    model = SCLD(max_epochs=3, diffusion_steps=200, latent_classifier=True, random_state=0,
+                 **TINY).fit(X_semi, y_semi)
     return X_semi, y_semi, unl, model
 
 

@@ -45,7 +45,8 @@ def _interrupt_in(monkeypatch, plan_class):
 @pytest.mark.parametrize("stage", [plans.AutoencoderPlan, plans.DenoiserPlan, plans.ClassifierPlan])
 def test_interrupted_first_fit_leaves_the_model_unfitted(data, monkeypatch, stage):
     X, y = data
-    model = SCLD(random_state=0, **TINY)
+    # latent_classifier=True: the classifier stage runs (and is interrupted) too
+    model = SCLD(random_state=0, latent_classifier=True, **TINY)
     _interrupt_in(monkeypatch, stage)
     with pytest.raises(KeyboardInterrupt):
         model.fit(X, y)
@@ -57,7 +58,7 @@ def test_interrupted_first_fit_leaves_the_model_unfitted(data, monkeypatch, stag
 @pytest.mark.parametrize("stage", [plans.AutoencoderPlan, plans.DenoiserPlan, plans.ClassifierPlan])
 def test_interrupted_refit_keeps_the_old_model(data, monkeypatch, stage):
     X, y = data
-    model = SCLD(random_state=0, **TINY).fit(X, y)
+    model = SCLD(random_state=0, latent_classifier=True, **TINY).fit(X, y)
     before = dict(vars(model))
     X_old, _ = model.sample({y[0]: 5}, random_state=1)
     other = simulate(n_cells=120, n_genes=40, n_types=2, random_state=1)

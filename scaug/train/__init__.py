@@ -4,11 +4,11 @@ The user-facing :class:`scaug.SCLD` and :class:`scaug.CellAutoencoder` build the
 :mod:`scaug.nn`, wrap each in its plan and hand it to :func:`fit_plan` with its data.
 """
 
-from .data import BalancedDraws, MinibatchData, process_rank
+from .data import BalancedDraws, MinibatchData, process_rank, validation_split
 from .disk import OnDiskCells
 from .plans import AutoencoderPlan, ClassifierPlan, DenoiserPlan
-from .trainer import RESERVED_TRAINER_KWARGS, fit_plan, trainer_options
+from .trainer import RESERVED_TRAINER_KWARGS, ConvergenceStop, fit_plan, trainer_options
 
-__all__ = ["AutoencoderPlan", "BalancedDraws", "ClassifierPlan", "DenoiserPlan", "MinibatchData",
-           "OnDiskCells", "RESERVED_TRAINER_KWARGS", "fit_plan",
-           "process_rank", "trainer_options"]
+__all__ = ["AutoencoderPlan", "BalancedDraws", "ClassifierPlan", "ConvergenceStop",
+           "DenoiserPlan", "MinibatchData", "OnDiskCells", "RESERVED_TRAINER_KWARGS", "fit_plan",
+           "process_rank", "trainer_options", "validation_split"]

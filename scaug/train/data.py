@@ -24,6 +24,33 @@ def process_rank() -> tuple[int, int]:
     return 0, 1
 
 
+def validation_split(groups: np.ndarray, fraction: float, seed: int,
+                     min_group: int = 100) -> np.ndarray | None:
+    """Cells held out to decide when training has converged (early stopping).
+
+    Each group (cell type, or unlabelled cells) of at least ``min_group`` cells gives
+    ``round(fraction * n)`` random cells; smaller groups give none, so a rare type keeps every one
+    of its cells for training. Returns a boolean mask, or None when no cell qualifies.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from scaug.train import validation_split
+    >>> groups = np.array([0] * 1000 + [1] * 10)
+    >>> mask = validation_split(groups, 0.1, seed=0)
+    >>> int(mask[:1000].sum()), int(mask[1000:].sum())  # the 10-cell type keeps all its cells
+    (100, 0)
+    """
+    groups = np.asarray(groups)
+    rng = np.random.default_rng([int(seed), 7])
+    mask = np.zeros(len(groups), dtype=bool)
+    for g in np.unique(groups):
+        members = np.flatnonzero(groups == g)
+        if len(members) >= min_group:
+            mask[rng.choice(members, size=int(round(fraction * len(members))), replace=False)] = True
+    return mask if mask.any() else None
+
+
 class BalancedDraws:
     """Minibatch indices in which class ``c`` is drawn with probability ~ ``n_c ** power``.
 
@@ -74,6 +101,9 @@ class MinibatchData(IterableDataset):
         Batches per pass; ``None`` is one shuffled pass over the rows.
     draw : BalancedDraws or None
         Draw each batch from this (class-balanced) instead of a shuffled pass.
+    rows : array of int or None
+        Use only these rows (for example all but a validation split; ``draw`` then indexes
+        them), without copying the arrays.
 
     Examples
     --------
@@ -85,9 +115,10 @@ class MinibatchData(IterableDataset):
     """
 
     def __init__(self, arrays, *, batch_size: int, seed: int, n_batches: int | None = None,
-                 draw: BalancedDraws | None = None):
+                 draw: BalancedDraws | None = None, rows: np.ndarray | None = None):
         self.arrays = list(arrays)
-        self.n_obs = self.arrays[0].shape[0]
+        self.rows = None if rows is None else np.asarray(rows, dtype=np.int64)
+        self.n_obs = self.arrays[0].shape[0] if rows is None else len(self.rows)
         self.batch_size = int(batch_size)
         self.draw = draw
         self.n_batches = n_batches
@@ -119,6 +150,8 @@ class MinibatchData(IterableDataset):
             # balanced draws give each process its own stream
             self._rng = np.random.default_rng([self.seed, rank if self.draw is not None else 0])
         for rows in self._batches(self._rng, rank, world):
+            if self.rows is not None:
+                rows = self.rows[rows]
             rows = np.sort(rows)  # sorted rows slice sparse matrices faster
             yield tuple(torch.from_numpy(np.asarray(a[rows]) if a.ndim == 1
                                          else _utils.dense_rows(a, rows)) for a in self.arrays)

@@ -14,6 +14,8 @@ import lightning.pytorch as pl
 import numpy as np
 import torch
 
+from .. import _utils
+
 
 class _SeededPlan(pl.LightningModule):
     """Seeds torch's generator when training starts: step noise is repeatable, and differs
@@ -51,18 +53,20 @@ class AutoencoderPlan(_SeededPlan):
     """
 
     def __init__(self, module, *, latent_noise: float, learning_rate: float, n_epochs: int,
-                 seed: int):
+                 seed: int, validation=None):
         super().__init__(seed)
         self.module = module
         self.latent_noise = float(latent_noise)
         self.learning_rate = float(learning_rate)
         self.n_epochs = int(n_epochs)
+        self.validation = validation  # held-out cells (array or CSR) for validation_loss
         self._total = self._count = 0.0
 
-    def loss(self, x: torch.Tensor) -> torch.Tensor:
+    def loss(self, x: torch.Tensor, latent_noise: float | None = None) -> torch.Tensor:
         m = self.module
         z = m.encode(m.transform_input(x))
-        z_noisy = z + self.latent_noise * torch.randn_like(z)
+        noise = self.latent_noise if latent_noise is None else latent_noise
+        z_noisy = z + noise * torch.randn_like(z) if noise else z
         if m.likelihood == "nb":
             target, library = x, x.sum(1)
         else:
@@ -80,6 +84,26 @@ class AutoencoderPlan(_SeededPlan):
     def on_train_epoch_end(self) -> None:
         self.history.append(self._total / max(self._count, 1))
         self._total = self._count = 0.0
+
+    def checkpoint(self) -> dict:
+        """A copy of the weights (for early stopping to return to its best)."""
+        return copy.deepcopy(self.module.state_dict())
+
+    def restore(self, state: dict) -> None:
+        self.module.load_state_dict(state)
+
+    @torch.no_grad()
+    def validation_loss(self, rows_per_batch: int = 1024) -> float:
+        """The loss of the held-out cells without latent noise (deterministic), per gene."""
+        was_training = self.module.training
+        self.module.eval()
+        total, n = 0.0, self.validation.shape[0]
+        for start in range(0, n, rows_per_batch):
+            rows = np.arange(start, min(start + rows_per_batch, n))
+            x = torch.from_numpy(_utils.dense_rows(self.validation, rows)).to(self.device)
+            total += float(self.loss(x, latent_noise=0.0)) * len(rows)
+        self.module.train(was_training)
+        return total / n
 
     def configure_optimizers(self):
         opt = torch.optim.AdamW(self.module.parameters(), lr=self.learning_rate, weight_decay=1e-4)
@@ -170,7 +194,8 @@ class DenoiserPlan(_StepPlan):
 
     def __init__(self, denoiser, diffusion, *, null_label: int, label_dropout: float,
                  conditional: bool, learning_rate: float, n_steps: int, seed: int,
-                 ema_decay: float = 0.995, attribute_nulls=()):
+                 ema_decay: float = 0.995, attribute_nulls=(), validation=None,
+                 validation_draws: int = 8):
         super().__init__(denoiser, learning_rate=learning_rate, n_steps=n_steps,
                          ema_decay=ema_decay, seed=seed)
         self.diffusion = diffusion
@@ -178,6 +203,22 @@ class DenoiserPlan(_StepPlan):
         self.attribute_nulls = [int(v) for v in attribute_nulls]
         self.label_dropout = float(label_dropout)
         self.conditional = bool(conditional)
+        self._validation = None
+        if validation is not None:
+            # held-out (z0, labels) pairs, each with fixed times and noise: checkpoints are
+            # compared on the same draws, so a check sees the network, not the sampling noise
+            z0, labels = (torch.as_tensor(np.asarray(a)) for a in validation)
+            gen = torch.Generator().manual_seed(int(seed))
+            z0 = z0.repeat(validation_draws, 1)
+            labels = labels.long().repeat(validation_draws, *([1] * (labels.ndim - 1)))
+            if not self.conditional:  # the type column carries the null label
+                labels = labels.clone()
+                if labels.ndim == 1:
+                    labels[:] = self.null_label
+                else:
+                    labels[:, 0] = self.null_label
+            t = torch.randint(1, diffusion.n_steps + 1, (len(z0),), generator=gen)
+            self._validation = (z0, labels, t, torch.randn(z0.shape, generator=gen))
 
     def step_loss(self, batch):
         z0, spread, labels = batch
@@ -194,6 +235,20 @@ class DenoiserPlan(_StepPlan):
         z0 = z0 + spread * torch.randn_like(z0)
         return self.diffusion.training_loss(self.network, z0, labels)
 
+    def checkpoint(self) -> dict:
+        """A copy of the averaged weights, which sampling uses and the validation loss judges."""
+        return copy.deepcopy(self.averaged.state_dict())
+
+    def restore(self, state: dict) -> None:
+        self.averaged.load_state_dict(state)
+
+    @torch.no_grad()
+    def validation_loss(self) -> float:
+        """Diffusion loss of the averaged network (what sampling uses) on the held-out latents,
+        with their labels (no dropout)."""
+        z0, labels, t, noise = (v.to(self.device) for v in self._validation)
+        return float(self.diffusion.training_loss(self.averaged, z0, labels, t=t, noise=noise))
+
 
     def _drop_conditions(self, labels):
         # the label and each attribute are dropped independently (scLDM / CFGen style), so one
@@ -204,6 +259,7 @@ class DenoiserPlan(_StepPlan):
         if not self.conditional:
             drop[:, 0] = True
         return torch.where(drop, nulls.expand_as(labels), labels)
+
 
 class ClassifierPlan(_StepPlan):
     """Trains :class:`scaug.nn.LatentClassifier` on noisy (and clean) latents, for post-guidance.

@@ -58,6 +58,84 @@ class _Progress(pl.Callback):
         self.bar.close()
 
 
+class ConvergenceStop(pl.Callback):
+    """Stops a stage once its validation loss has stopped improving (early stopping).
+
+    Every ``check_every`` optimiser steps (at the end of every epoch when ``None``) the plan's
+    ``validation_loss()`` is computed; when it has not fallen below ``(1 - tol)`` times the best
+    so far for ``patience`` checks in a row, training stops. When training ends, the plan gets
+    back the weights of its lowest validation loss (``plan.checkpoint()`` /
+    ``plan.restore(state)``), as scikit-learn's early-stopped MLPs do: past its best, a network
+    is fitting its training cells at the expense of others. The loss is computed on fixed cells
+    with fixed noise draws, the same on every process of a distributed run (the weights are the
+    same there), so every process stops at the same step without communicating. ``history``
+    holds ``(step, loss)`` of every check, ``stopped_at`` the step training stopped at (None
+    when it ran its full budget), ``best_step`` the step whose weights were kept.
+
+    Examples
+    --------
+    >>> from scaug.train import ConvergenceStop
+    >>> stop = ConvergenceStop(patience=2, tol=0.01, check_every=100)
+    >>> [stop.update(step, loss) for step, loss in [(100, 1.0), (200, 0.995), (300, 0.999)]]
+    [False, False, True]
+    >>> stop.best_step
+    200
+    """
+
+    def __init__(self, *, patience: int, tol: float, check_every: int | None = None):
+        self.patience, self.tol, self.check_every = int(patience), float(tol), check_every
+        self.best = float("inf")  # the last loss that counted as an improvement
+        self.lowest = float("inf")
+        self.best_step = None
+        self.stale = 0
+        self.history: list[tuple[int, float]] = []
+        self.stopped_at = None
+        self._kept = None  # the weights of the lowest loss
+
+    def update(self, step: int, loss: float) -> bool:
+        """Record the loss of a check; True when training should stop."""
+        self.history.append((int(step), float(loss)))
+        if loss < self.lowest:
+            self.lowest, self.best_step = float(loss), int(step)
+        if loss < self.best * (1 - self.tol):
+            self.best, self.stale = float(loss), 0
+        else:
+            self.stale += 1
+        if self.stale >= self.patience:
+            self.stopped_at = int(step)
+            return True
+        return False
+
+    def _check(self, trainer, plan) -> None:
+        step = trainer.global_step
+        if self.history and self.history[-1][0] == step:
+            return
+        stop = self.update(step, plan.validation_loss())
+        if self.best_step == step:
+            self._kept = plan.checkpoint()
+        if stop:
+            trainer.should_stop = True
+
+    def on_train_batch_end(self, trainer, plan, outputs, batch, batch_idx):
+        if self.check_every and trainer.global_step % self.check_every == 0:
+            self._check(trainer, plan)
+
+    def on_train_epoch_end(self, trainer, plan):
+        if not self.check_every:
+            self._check(trainer, plan)
+
+    def on_train_end(self, trainer, plan):
+        step = trainer.global_step
+        if self.history and self.history[-1][0] != step:  # the final weights are a candidate too
+            loss = float(plan.validation_loss())
+            self.history.append((step, loss))
+            if loss < self.lowest:
+                self.lowest, self.best_step, self._kept = loss, step, None
+        if self._kept is not None and self.best_step != step:
+            plan.restore(self._kept)
+        self._kept = None
+
+
 @contextlib.contextmanager
 def _quiet_lightning():
     """Lightning announces devices and tips at INFO level and warns that a dataloader without
@@ -88,8 +166,11 @@ def trainer_options(device: torch.device, trainer_kwargs) -> dict:
 
 
 def fit_plan(plan: pl.LightningModule, data, *, device: torch.device, trainer_kwargs=None,
-             max_epochs: int | None = None, max_steps: int = -1, desc: str, verbose: bool):
+             max_epochs: int | None = None, max_steps: int = -1, desc: str, verbose: bool,
+             stopping: ConvergenceStop | None = None):
     """Run ``plan`` on the minibatches of ``data`` (an iterable dataset yielding whole batches).
+
+    ``stopping`` ends training early once the plan's validation loss has converged.
 
     Returns the Trainer, whose ``is_global_zero`` tells a distributed run's main process.
 
@@ -112,7 +193,8 @@ def fit_plan(plan: pl.LightningModule, data, *, device: torch.device, trainer_kw
         trainer = pl.Trainer(
             **trainer_options(device, trainer_kwargs),
             max_epochs=max_epochs if max_epochs is not None else -1, max_steps=max_steps,
-            callbacks=[_Progress(desc, total, verbose), interrupt], enable_progress_bar=False,
+            callbacks=[_Progress(desc, total, verbose), interrupt,
+                       *([stopping] if stopping is not None else [])], enable_progress_bar=False,
             logger=False, enable_checkpointing=False, enable_model_summary=False,
             num_sanity_val_steps=0, use_distributed_sampler=False,
         )
