@@ -37,7 +37,9 @@ adata = pbmc68k_reduced()
 X, y = adata.X, adata.obs["cell_type"].to_numpy()
 X_train, X_held, y_train, y_held = train_test_split(X, y, test_size=0.5, stratify=y,
                                                     random_state=0)
-model = SCLD(random_state=0, verbose=False, **(TINY if QUICK else {})).fit(X_train, y_train)
+# latent_classifier=True: post-guidance is switched on below, at sampling time
+model = SCLD(latent_classifier=True, random_state=0, verbose=False,
+             **(TINY if QUICK else {})).fit(X_train, y_train)
 
 cell_type = "CD14+ Monocyte"  # 129 cells: 64 to train on, 65 held out to judge with
 held = X_held[y_held == cell_type]

@@ -324,8 +324,11 @@ class SCLDOverSampler(BaseOverSampler):
         if unknown:
             raise ValueError(f"scld_params has keys {unknown} that are not SCLD parameters; "
                              f"valid ones: {sorted(set(SCLD().get_params()) - set(_OWN_PARAMS))}.")
+        # the sampling settings too: a model fitted for post-guidance trains its latent classifier
         return SCLD(autoencoder=autoencoder, max_epochs=self.max_epochs, device=self.device,
-                    random_state=seed, verbose=self.verbose, **params)
+                    random_state=seed, verbose=self.verbose, guidance_scale=self.guidance_scale,
+                    classifier_scale=self.classifier_scale, screening=self.screening,
+                    n_sample_steps=self.n_sample_steps, **params)
 
     def _resolve_model(self, X, y, seed, n_generate, conditions=None):
         """The SCLD that will generate cells (fitting or loading it if needed), or None."""

@@ -169,3 +169,16 @@ def test_without_early_stopping_the_full_budget_runs(data):
     assert model.stopped_at_ == {"autoencoder": None, "diffusion": None}
     # history: one running mean every 50 steps and at the last step
     assert len(model.diffusion_history_) == 4
+
+
+def test_oversampler_with_post_guidance_trains_the_classifier(data):
+    from scaug import SCLDOverSampler
+
+    X, y = data
+    sampler = SCLDOverSampler(classifier_scale=1.0, screening=True, max_epochs=2, n_sample_steps=3,
+                              device="cpu", verbose=False, random_state=0,
+                              scld_params=dict(n_latent=4, ae_hidden=(16,), width=16, depth=1,
+                                               diffusion_steps=20))
+    X_res, y_res = sampler.fit_resample(X, y)
+    assert sampler.model_.classifier_ is not None
+    assert (y_res == "type_2").sum() == (y == "type_0").sum()  # raised to the largest type
