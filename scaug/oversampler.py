@@ -166,7 +166,7 @@ class SCLDOverSampler(BaseOverSampler):
     sampling_report_ : dict
         A copy of ``model_.sampling_report_``: per class, cells requested, candidates drawn,
         accepted, and the acceptance rate of the screening.
-    synthetic_conditions_ : DataFrame of shape (n_synthetic_, n_attributes) or None
+    synthetic_conditions_ : DataFrame of shape (n_synthetic, n_attributes) or None
         With ``conditions``: the attribute values each synthetic cell was generated within, in
         the order of the synthetic rows (the original cells keep theirs:
         ``pd.concat([conditions, sampler.synthetic_conditions_], ignore_index=True)`` is aligned
