@@ -39,12 +39,12 @@ import time
 
 import numpy as np
 import scipy.sparse as sp
-from scipy import stats
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import f1_score
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import DOCS, load_counts, machine, rare_split, write_json  # noqa: E402
+from _suite import paired as paired_t  # noqa: E402
 
 from scaug import SCLD, metrics  # noqa: E402
 from scaug.preprocessing import NormalizeLog1p  # noqa: E402
@@ -100,14 +100,10 @@ def run_seed(X, y, seed, settings, verbose):
 
 
 def paired(rows, metric):
-    """Mean and 95 % t interval of (early stopping - full budget) over seeds."""
-    by = {(r["arm"], r["seed"]): r[metric] for r in rows}
-    seeds = sorted({r["seed"] for r in rows})
-    d = np.array([by["early stopping", s] - by["full budget", s] for s in seeds])
-    if len(d) < 2:
-        return float(d.mean()), float("nan"), float("nan")
-    half = stats.t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / np.sqrt(len(d))
-    return float(d.mean()), float(d.mean() - half), float(d.mean() + half)
+    """Mean and 95 % paired-t interval of (early stopping - full budget) over seeds."""
+    by_arm = {arm: {r["seed"]: r[metric] for r in rows if r["arm"] == arm} for arm in ARMS}
+    p = paired_t(by_arm["early stopping"], by_arm["full budget"])
+    return p["diff"], p["lo"], p["hi"]
 
 
 def render(rows, args, seeds, seconds):
@@ -130,7 +126,6 @@ def render(rows, args, seeds, seconds):
         mine = [r for r in rows if r["arm"] == arm]
         cells = [f"{np.mean([r[m] for r in mine]):.3f} ± {np.std([r[m] for r in mine], ddof=1):.3f}"
                  if len(mine) > 1 else f"{mine[0][m]:.3f}" for m in METRICS]
-        cells[0] = cells[0].replace(".000", "")
         stops = "; ".join(f"{r['stopped_at']['autoencoder']}, {r['stopped_at']['diffusion']}"
                           for r in mine)
         lines.append(f"| {arm} | " + " | ".join(cells) + f" | {stops} |")
