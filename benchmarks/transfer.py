@@ -28,7 +28,7 @@ each capped type for a logistic regression on log-normalised counts, trained on 
 plus 100 synthetic cells of each capped type, tested on the held-out half. Means over the capped
 types per seed, then mean and sd over seeds.
 
-    SCAUG_DATA_DIR=../shared/data python benchmarks/transfer.py --seeds 0 1 2   # the full run
+    SCAUG_DATA_DIR=../shared/data python benchmarks/transfer.py           # the full run, seeds 10-14
     SCAUG_DATA_DIR=../shared/data python benchmarks/transfer.py --quick         # smoke test
 
 ``--quick``: one seed, tiny networks and few steps: it checks that the script runs, its figures
@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import os
 import shlex
 import sys
@@ -54,6 +55,7 @@ from sklearn.metrics import f1_score
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import DOCS, THREADS, code_version, machine, rare_split, write_json  # noqa: E402
+from _suite import REPORT_SEEDS, fmt_diff, paired  # noqa: E402
 
 from scaug import SCLD, CellAutoencoder, datasets, metrics  # noqa: E402
 from scaug.metrics import DegenerateInputWarning  # noqa: E402
@@ -64,7 +66,7 @@ NO_AUG, ALONE, GENES, WHOLE = ("no augmentation", "target alone", "pretrained, g
                                "pretrained, whole net")
 REFERENCE = "reference: held-out real vs real"
 #: the settings of each mode, in full, so that a change of scaug's defaults never changes a row
-FULL = dict(ae={}, scld={}, n_heldout=300, n_synthetic=100, n_hvg=2000, seeds=[0, 1, 2])
+FULL = dict(ae={}, scld={}, n_heldout=300, n_synthetic=100, n_hvg=2000, seeds=list(REPORT_SEEDS))
 QUICK = dict(ae=dict(n_latent=4, hidden=(32,), max_epochs=1),
              scld=dict(n_latent=4, ae_hidden=(32,), width=16, depth=1, max_epochs=1,
                        diffusion_steps=20, n_sample_steps=5),
@@ -192,46 +194,62 @@ def fmt(cell):
     return f"{mean:.3f}" if not np.isfinite(sd) else f"{mean:.3f} ± {sd:.3f}"
 
 
-def verdicts(tables):
-    """One sentence per target and pretrained arm: did reuse help, against the target alone."""
+def per_seed(rows, metric):
+    """``{(target, arm): {seed: mean over the capped types}}``."""
+    out = {}
+    for r in rows:
+        if metric in r and np.isfinite(r[metric]):
+            out.setdefault((r["target"], r["arm"]), {}).setdefault(r["seed"], []).append(r[metric])
+    return {k: {seed: float(np.mean(v)) for seed, v in s.items()} for k, s in out.items()}
+
+
+def verdicts(rows):
+    """One sentence per target and pretrained arm: the paired difference from the target alone.
+
+    A difference counts only when its 95 % paired-t interval over seeds excludes zero (the suite's
+    rule); the copy ratio is reported without a direction (about 1 is the aim, not higher).
+    """
     lines = []
     for target in TARGETS:
         for arm in (GENES, WHOLE):
             parts = []
-            for metric, better, what in (("c2st_auc", -1, "two-sample AUC"),
+            for metric, higher, what in (("c2st_auc", False, "two-sample AUC"),
                                          ("dcr_ratio", None, "copy ratio"),
-                                         ("f1", 1, "rare-type F1")):
-                a, b = tables[metric].get((target, arm)), tables[metric].get((target, ALONE))
-                if a is None or b is None:
+                                         ("f1", True, "rare-type F1")):
+                seeds = per_seed(rows, metric)
+                a, b = seeds.get((target, arm)), seeds.get((target, ALONE))
+                if not a or not b:
                     continue
-                if better is None:
-                    parts.append(f"{what} {a[0]:.2f} vs {b[0]:.2f}")
-                elif min(a[2], b[2]) < 2:
-                    parts.append(f"{what} {a[0]:.3f} vs {b[0]:.3f} (one seed: no spread to judge by)")
-                elif abs(a[0] - b[0]) <= max(a[1], b[1]):
-                    parts.append(f"{what} {a[0]:.3f} vs {b[0]:.3f}: no difference beyond the "
-                                 "spread over seeds")
-                else:
-                    word = "better" if (a[0] - b[0]) * better > 0 else "WORSE"
-                    parts.append(f"{what} {a[0]:.3f} vs {b[0]:.3f} ({word})")
+                p = paired(a, b, higher_is_better=bool(higher))
+                said = {"win": "better", "loss": "WORSE"}.get(p["verdict"], p["verdict"])
+                if higher is None:
+                    said = "about 1 is the aim"
+                parts.append(f"{what} {np.mean(list(a.values())):.3f} vs "
+                             f"{np.mean(list(b.values())):.3f}, paired difference {fmt_diff(p)} "
+                             f"({said})")
             lines.append(f"- **{target}, {arm}** against the target alone: " + "; ".join(parts) + ".")
     return lines
 
 
-def report(rows, info, args, settings, command, elapsed):
+def report(rows, info, settings, *, quick, out_dir, command, elapsed, commit, date=None):
+    """Write transfer_results.md and .json into ``out_dir`` from ``rows``; return the text."""
     metric_names = ("c2st_auc", "dcr_ratio", "f1")
     tables = {m: summary(rows, m) for m in metric_names}
-    date = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    date = date or datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    run_machine = machine().rsplit("; scaug at ", 1)[0]
+    role = (" (reporting seeds: no setting was chosen on them)"
+            if set(settings["seeds"]) <= set(REPORT_SEEDS) else "")
     lines = ["# Transfer of a pretrained encoder to other genes", ""]
-    if args.quick:
+    if quick:
         lines += ["> **Quick mode** (`--quick`): one seed, tiny networks and few steps. This run "
                   "checks that the benchmark works; its figures say nothing about transfer. The "
                   "full run, not yet made on this shared machine, is "
-                  "`SCAUG_DATA_DIR=../shared/data python benchmarks/transfer.py --seeds 0 1 2`.",
+                  "`SCAUG_DATA_DIR=../shared/data python benchmarks/transfer.py`.",
                   ""]
-    lines += [f"Made by `{command}` on {date}, {machine()}; seeds "
-              f"{settings['seeds']}; {elapsed / 60:.1f} min on a machine shared with other jobs "
-              "(timings are indicative).", "",
+    lines += [f"Made by `{command}` on {date}, {run_machine}; scaug at {commit}; seeds "
+              f"{settings['seeds']}{role}; "
+              f"{elapsed / 60:.1f} min on a machine shared with other jobs (timings are "
+              "indicative). Every difference below is paired by seed, with its 95 % interval.", "",
               "How it was measured: see the docstring of `benchmarks/transfer.py` and "
               "[the transfer guide](transfer.md). Per target, half of the cells train (the three "
               "largest types capped at 10 labelled cells), half judge; `c2st_auc` 0.5 = "
@@ -248,7 +266,7 @@ def report(rows, info, args, settings, command, elapsed):
                   f"{i['n_cells']} cells x {i['n_genes']} genes; capped types {i['capped']}; "
                   f"gene overlap with the encoder: {o.get('n_shared')} shared, {o.get('n_new')} "
                   f"new, {o.get('n_missing')} of its {o.get('n_encoder_genes')} genes missing; "
-                  f"pretraining {i['pretrain_s']:.0f} s (seed {args.seeds[0]}).", "",
+                  f"pretraining {i['pretrain_s']:.0f} s (seed {settings['seeds'][0]}).", "",
                   "| arm | c2st_auc | dcr_ratio | rare-type F1 | fit s |", "|---|---|---|---|---|"]
         for arm in (REFERENCE, NO_AUG, ALONE, GENES, WHOLE):
             cells = [fmt(tables[m].get((target, arm))) for m in metric_names]
@@ -256,19 +274,19 @@ def report(rows, info, args, settings, command, elapsed):
             lines.append(f"| {arm} | " + " | ".join(cells) + f" | {'' if fit is None else f'{fit:.1f}'} |")
         lines.append("")
     lines += ["## Does reuse help?", "",
-              *(["Not to be read from a quick run: tiny networks, one seed.", ""] if args.quick else []),
-              *verdicts(tables), "",
-              "Where the pretrained arms are not better than the target alone beyond the spread "
-              "over seeds, reuse did not help on that target with these settings.", ""]
+              *(["Not to be read from a quick run: tiny networks, one seed.", ""] if quick else []),
+              *verdicts(rows), "",
+              "Where a pretrained arm's interval does not exclude zero, reuse did not help on that "
+              "target with these settings.", ""]
     text = "\n".join(lines)
-    os.makedirs(args.out_dir, exist_ok=True)
-    with open(os.path.join(args.out_dir, "transfer_results.md"), "w") as fh:
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, "transfer_results.md"), "w") as fh:
         fh.write(text)
-    write_json({"command": command, "commit": code_version(), "machine": machine(), "date": date,
-                "quick": args.quick, "seeds": settings["seeds"],
+    write_json({"command": command, "commit": commit, "machine": run_machine, "date": date,
+                "quick": quick, "seeds": settings["seeds"],
                 "settings": {k: v for k, v in settings.items() if k != "seeds"},
                 "elapsed_s": elapsed, "info": info, "rows": rows},
-               os.path.join(os.path.abspath(args.out_dir), "transfer_results.json"),
+               os.path.join(os.path.abspath(out_dir), "transfer_results.json"),
                default=lambda v: v.item() if hasattr(v, "item") else str(v))
     return text
 
@@ -280,22 +298,33 @@ def main(argv=None):
     p.add_argument("--seeds", nargs="+", type=int, default=None)
     p.add_argument("--out-dir", default=DOCS)
     p.add_argument("--quiet", action="store_true")
+    p.add_argument("--render", action="store_true",
+                   help="re-write the report from --out-dir's transfer_results.json, running nothing")
     args = p.parse_args(argv)
+    if args.render:
+        with open(os.path.join(args.out_dir, "transfer_results.json")) as fh:
+            saved = json.load(fh)
+        print(report(saved["rows"], saved["info"], dict(saved["settings"], seeds=saved["seeds"]),
+                     quick=saved["quick"], out_dir=args.out_dir, command=saved["command"],
+                     elapsed=saved["elapsed_s"], commit=saved["commit"], date=saved["date"]))
+        return
     settings = dict(QUICK if args.quick else FULL)
     if args.seeds is not None:
         settings["seeds"] = args.seeds
-    args.seeds = settings["seeds"]
     command = shlex.join(["python", "benchmarks/transfer.py", *(argv if argv is not None else sys.argv[1:])])
-    t0 = time.perf_counter()
+    t0, commit = time.perf_counter(), code_version()
     rows, info = [], {}
     with warnings.catch_warnings():
         # tiny held-out samples in quick mode; the rows keep the NaNs they give
         warnings.simplefilter("ignore", DegenerateInputWarning)
-        for seed in settings["seeds"]:
+        for done, seed in enumerate(settings["seeds"], 1):
             r, i = run(seed, settings, verbose=not args.quiet)
             rows += r
             info = info or i
-    text = report(rows, info, args, settings, command, time.perf_counter() - t0)
+            # a report after every seed, so that a long run stopped early still leaves its figures
+            text = report(rows, info, dict(settings, seeds=settings["seeds"][:done]),
+                          quick=args.quick, out_dir=args.out_dir, command=command,
+                          elapsed=time.perf_counter() - t0, commit=commit)
     print(text)
 
 
