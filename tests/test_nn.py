@@ -59,3 +59,23 @@ def test_denoiser_and_classifier_shapes(n_classes):
     assert d(z, t, y).shape == (10, 6)
     c = LatentClassifier(n_latent=6, n_classes=n_classes, width=16)
     assert c(z, t).shape == (10, n_classes)
+
+
+@pytest.mark.parametrize("case", ["one condition", "times", "labels and attributes", "empty"])
+def test_unique_conditions_matches_torch_unique_rows(case):
+    from scaug.nn.denoiser import unique_conditions
+
+    g = torch.Generator().manual_seed(0)
+    n = 0 if case == "empty" else 300
+    t = torch.full((n,), 0.37) if case in ("one condition", "labels and attributes") else \
+        torch.randint(0, 7, (n,), generator=g).float() / 7
+    y = torch.full((n,), 2) if case == "one condition" else torch.randint(0, 4, (n,), generator=g)
+    if case == "labels and attributes":
+        y = torch.stack([y, torch.randint(0, 3, (n,), generator=g),
+                         torch.randint(0, 5, (n,), generator=g)], dim=1)
+    unique, inverse = unique_conditions(t, y)
+    key = torch.cat([t[:, None], (y[:, None] if y.ndim == 1 else y).float()], dim=1)
+    ref_unique, ref_inverse = torch.unique(key, dim=0, return_inverse=True)
+    assert torch.equal(unique, ref_unique)
+    assert torch.equal(inverse, ref_inverse)
+    assert torch.equal(unique[inverse], key)  # every row is recovered from its index
