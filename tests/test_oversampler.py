@@ -211,6 +211,21 @@ def test_fitted_model_is_reused_not_refitted(dense, fitted_model, monkeypatch):
     assert frozen.model_ is fitted_model
 
 
+def test_sampler_reaches_the_model_it_fits_and_the_one_it_is_given(dense, fitted_model):
+    X, y = dense
+    for solver in ("dpm-solver++", "ddim"):
+        sampler = fast(sampler=solver)
+        sampler.fit_resample(X, y)
+        assert sampler.model_.sampler == solver
+    # a given model samples with the sampler's solver, and is left as it was
+    by_dpm = fast(model=fitted_model).fit_resample(X, y)[0]
+    by_ddim = fast(model=fitted_model, sampler="ddim").fit_resample(X, y)[0]
+    n = X.shape[0]
+    np.testing.assert_array_equal(by_dpm[:n], by_ddim[:n])  # the real cells
+    assert not np.array_equal(by_dpm[n:], by_ddim[n:])  # the same noise, another solver
+    assert fitted_model.sampler == "dpm-solver++"
+
+
 def test_saved_model_path(dense, fitted_model, tmp_path):
     X, y = dense
     path = tmp_path / "scld.pt"
