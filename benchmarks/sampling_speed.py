@@ -260,6 +260,10 @@ def main(argv=None):
     lines += [f"| {r['device']} | {r['threads']} | {marked(r['setting'])} | {r['cells']} | "
               f"{r['seconds']:.2f} | {r['cells_per_s']:,.0f} | "
               f"{r['decode_seconds'] / r['seconds']:.0%} | {r['acceptance']:.2f} |" for r in rows]
+    skipped = [label for label in GUIDED if label not in {r["setting"] for r in rows}]
+    if skipped:
+        lines += ["", f"Not measured: {', '.join(skipped)}: post-guidance needs a model fitted "
+                  "with its latent classifier (`latent_classifier=True`), and this one has none."]
     if not torch.cuda.is_available():
         lines += ["", "No GPU on this machine, so no `cuda` row; the script adds one wherever "
                   "torch sees a GPU."]

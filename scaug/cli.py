@@ -151,7 +151,7 @@ def _parser() -> argparse.ArgumentParser:
                     "XGBClassifier] on scanpy's 700-cell PBMC data set (integer counts, 10 cell "
                     "types, the rarest with 8, 13 and 19 cells) with three augmenters: none, "
                     "SMOTE and SCLDOverSampler. Prints macro-F1 and the F1 of the three rarest "
-                    "types, averaged over the folds. Takes about 3.5 minutes on 2 CPU cores.")
+                    "types, averaged over the folds. Takes about 2 minutes on 2 CPU cores.")
     demo.add_argument("--folds", type=_positive_int, default=3,
                       help="stratified cross-validation folds, at least 2 (default: 3)")
     demo.add_argument("--seed", type=int, default=0,
