@@ -136,7 +136,7 @@ class SCLD(BaseEstimator):
         DPM-Solver++(2M), a deterministic second-order solver that needs few steps; DDIM
         (deterministic, first order: 50 steps to match DPM-Solver++ at 10); or the stochastic
         DDPM sampler. At 10 steps DPM-Solver++ is as realistic as 50-step DDIM (two-sample AUC
-        against held-out cells, ``docs/solver_fidelity.md``) at about 2.6 times its speed
+        against held-out cells, ``docs/solver_fidelity.md``) at about four times its speed
         (``docs/sampling_speed.md``).
     latent_classifier : "auto" or bool, default="auto"
         Train the classifier on noisy latents that post-guidance needs (``classifier_scale`` and
