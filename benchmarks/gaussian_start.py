@@ -126,23 +126,29 @@ def per_seed(rows, arm, seeds, metric="c2st_auc"):
             for s in seeds}
 
 
+def against(mine, other, same):
+    """The paired difference ``mine - other`` with its verdict, or "" when there is none to show."""
+    if same:
+        return ""
+    p = paired(mine, other, higher_is_better=False)
+    return f"{fmt_diff(p)} ({p['verdict']})"
+
+
 def table(rows, seeds):
-    arms = [DEFAULT, GAUSSIAN, *map(start_arm, STRENGTHS), "held-out vs held-out"]
+    reference = "held-out vs held-out"
     lines = ["| arm | two-sample AUC, mean ± sd | minus the Gaussian's [95 % CI] | minus the default's "
              "[95 % CI] | dcr_ratio |", "|---|---|---|---|---|"]
     gauss, default = per_seed(rows, GAUSSIAN, seeds), per_seed(rows, DEFAULT, seeds)
-    for arm in arms:
+    for arm in [DEFAULT, GAUSSIAN, *map(start_arm, STRENGTHS), reference]:
         mine = per_seed(rows, arm, seeds)
         v = np.array(list(mine.values()))
+        sd = f" ± {v.std(ddof=1):.3f}" if len(v) > 1 else ""
         dcr = [r["dcr_ratio"] for r in rows if r["arm"] == arm and r["seed"] in seeds
                and "dcr_ratio" in r]
-        diffs = ["" if arm in (ref, "held-out vs held-out") else
-                 (lambda p: f"{fmt_diff(p)} ({p['verdict']})")(paired(mine, other, False))
-                 for ref, other in ((GAUSSIAN, gauss), (DEFAULT, default))]
-        sd = f" ± {v.std(ddof=1):.3f}" if len(v) > 1 else ""
-        lines.append(f"| {arm} | {v.mean():.3f}{sd} | {diffs[0]} | {diffs[1]} | "
-                     f"{np.mean(dcr):.2f} |" if dcr else
-                     f"| {arm} | {v.mean():.3f}{sd} | {diffs[0]} | {diffs[1]} |  |")
+        lines.append(f"| {arm} | {v.mean():.3f}{sd} | "
+                     f"{against(mine, gauss, arm in (GAUSSIAN, reference))} | "
+                     f"{against(mine, default, arm in (DEFAULT, reference))} | "
+                     f"{f'{np.mean(dcr):.2f}' if dcr else ''} |")
     return lines
 
 

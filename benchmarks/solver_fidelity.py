@@ -41,7 +41,7 @@ from sklearn.model_selection import train_test_split
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import DOCS, load_counts, machine, write_json  # noqa: E402
-from _suite import DEV_SEEDS, REPORT_SEEDS, fmt_diff, paired  # noqa: E402
+from _suite import REPORT_SEEDS, fmt_diff, paired, seed_roles  # noqa: E402
 
 from scaug import SCLD, metrics  # noqa: E402
 from scaug.preprocessing import NormalizeLog1p  # noqa: E402
@@ -164,25 +164,22 @@ def main(argv=None):
                              n_heldout=real[t].shape[0], vs_real=metrics.c2st_auc(
                                  real[t][:half], real[t][half:], random_state=seed)))
 
-    settings = [*SETTINGS, "held-out real vs real (halves)"]
+    def seed_means(label, key):  # per seed, the mean over types; the spread is over seeds
+        return {s: float(np.mean([r[key] for r in rows if r["setting"] == label and r["seed"] == s]))
+                for s in args.seeds}
+
+    reference = seed_means(REFERENCE, "vs_real")
     summary = []
-    for label in settings:
-        mine = [r for r in rows if r["setting"] == label]
-        # per seed, the mean over types; the spread is over seeds
-        per_seed = {k: [np.mean([r[k] for r in mine if r["seed"] == s]) for s in args.seeds]
-                    for k in ("vs_real", "vs_ddim50", "latent_error", "ode_error") if k in mine[0]}
-        summary.append(dict(setting=label, **{k: spread(v) for k, v in per_seed.items()}))
+    for label in [*SETTINGS, "held-out real vs real (halves)"]:
+        first = next(r for r in rows if r["setting"] == label)
+        means = {k: seed_means(label, k) for k in ("vs_real", "vs_ddim50", "latent_error",
+                                                   "ode_error") if k in first}
+        summary.append(dict(setting=label, **{k: spread(list(v.values())) for k, v in means.items()}))
         if label in SETTINGS and label != REFERENCE:
-            by_seed = {lab: {s: np.mean([r["vs_real"] for r in rows
-                                         if r["setting"] == lab and r["seed"] == s])
-                             for s in args.seeds} for lab in (label, REFERENCE)}
-            diff = paired(by_seed[label], by_seed[REFERENCE], higher_is_better=False)
+            diff = paired(means["vs_real"], reference, higher_is_better=False)
             summary[-1]["vs_real_diff"] = f"{fmt_diff(diff)} ({diff['verdict']})"
-    roles = ("reporting seeds (no setting was chosen on them)" if set(args.seeds) <= set(REPORT_SEEDS)
-             else "development seeds (where the default sampler was chosen)"
-             if set(args.seeds) <= set(DEV_SEEDS) else "seeds of no declared role")
     result = dict(date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), machine=run_machine,
-                  dataset=args.dataset, seeds=args.seeds, seed_roles=roles,
+                  dataset=args.dataset, seeds=args.seeds,
                   model_seed=args.model_seed, min_heldout=args.min_heldout, n=args.n, types=types,
                   ode_steps=args.ode_steps,
                   model=dict(path=args.model, fit_s=fit_s, n_train=len(train), n_test=len(test)),
@@ -209,11 +206,11 @@ def render(result, out_dir):
              f"({model['n_train']} cells{fit_line}); {result['n']} synthetic cells per type and "
              f"setting (conditional, w=1, no screening), scored against the held-out cells of the "
              f"{len(types)} types with at least {result.get('min_heldout', 60)} of them "
-             f"({', '.join(types)}). Mean over types, then mean ± sd over sampling seeds {seeds}: "
-             f"{result['seed_roles']}. The paired difference from DDIM-50 is over the sampling "
+             f"({', '.join(types)}). Mean over types, then mean ± sd over sampling seeds "
+             f"{seed_roles(seeds)}. The paired difference from DDIM-50 is over the sampling "
              "seeds, with the suite's 95 % paired-t interval; a difference counts only when the "
              "interval excludes zero. `(default)` marks scaug's default sampler as this page was "
-             "written.", "",
+             "written; it was chosen on the development run (`docs/solver_fidelity_dev/`).", "",
              "- `vs real`: c2st AUC against the type's held-out real cells (0.5 is ideal);",
              "- `vs DDIM-50`: c2st AUC against DDIM-50 cells of another seed; DDIM-50's own row "
              "is the noise floor (two seeds of the same sampler);",

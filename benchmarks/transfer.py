@@ -59,7 +59,7 @@ from sklearn.metrics import f1_score
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import DOCS, THREADS, code_version, machine, rare_split, write_json  # noqa: E402
-from _suite import REPORT_SEEDS, fmt_diff, paired  # noqa: E402
+from _suite import REPORT_SEEDS, fmt_diff, paired, seed_roles  # noqa: E402
 
 from scaug import SCLD, CellAutoencoder, datasets, metrics  # noqa: E402
 from scaug.metrics import DegenerateInputWarning  # noqa: E402
@@ -201,13 +201,9 @@ def run(seed, data, pretrained, same_genes, settings, verbose):
 
 def summary(rows, metric):
     """``{(target, arm): (mean, sd, n seeds)}`` of the per-seed means over the capped types."""
-    per_seed = {}
-    for r in rows:
-        if metric in r and np.isfinite(r[metric]):
-            per_seed.setdefault((r["target"], r["arm"]), {}).setdefault(r["seed"], []).append(r[metric])
-    return {k: (float(np.mean([np.mean(v) for v in s.values()])),
-                float(np.std([np.mean(v) for v in s.values()], ddof=1)) if len(s) > 1 else float("nan"),
-                len(s)) for k, s in per_seed.items()}
+    return {k: (float(np.mean(list(s.values()))),
+                float(np.std(list(s.values()), ddof=1)) if len(s) > 1 else float("nan"), len(s))
+            for k, s in per_seed(rows, metric).items()}
 
 
 def fmt(cell):
@@ -261,8 +257,6 @@ def report(rows, info, settings, *, quick, out_dir, command, elapsed, commit, da
     tables = {m: summary(rows, m) for m in metric_names}
     date = date or datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     run_machine = machine().rsplit("; scaug at ", 1)[0]
-    role = (" (reporting seeds: no setting was chosen on them)"
-            if set(settings["seeds"]) <= set(REPORT_SEEDS) else "")
     lines = ["# Transfer of a pretrained encoder to other genes", ""]
     if quick:
         lines += ["> **Quick mode** (`--quick`): one seed, tiny networks and few steps. This run "
@@ -271,7 +265,7 @@ def report(rows, info, settings, *, quick, out_dir, command, elapsed, commit, da
                   "`SCAUG_DATA_DIR=../shared/data python benchmarks/transfer.py`.",
                   ""]
     lines += [f"Made by `{command}` on {date}, {run_machine}; scaug at {commit}; seeds "
-              f"{settings['seeds']}{role}; "
+              f"{seed_roles(settings['seeds'])}; "
               f"{elapsed / 60:.1f} min on a machine shared with other jobs (timings are "
               "indicative). Every difference below is paired by seed, with its 95 % interval.", "",
               "How it was measured: see the docstring of `benchmarks/transfer.py` and "
