@@ -17,9 +17,11 @@ Arms (SCLD with its defaults, fitted on the capped training split):
 - ``no augmentation`` (downstream only);
 - ``target alone``: SCLD trains its own autoencoder on the capped training split;
 - ``pretrained, gene layers``: ``SCLD(autoencoder=pretrained)``: the encoder adapted to the
-  target's genes (:meth:`CellAutoencoder.adapt`, the default ``finetune="genes"``: input and
-  output layers fine-tuned on the training split, trunk kept);
-- ``pretrained, whole net``: ``pretrained.adapt(..., finetune="all")`` passed to SCLD;
+  target's genes (:meth:`CellAutoencoder.adapt`, the default ``finetune="genes"``: the input
+  layer taught, on the training split, the latents the pretrained encoder gives its cells with
+  their missing genes imputed; trunk and shared genes' decoder kept);
+- ``pretrained, whole net``: ``pretrained.adapt(..., finetune="all")`` passed to SCLD (every
+  layer trained toward the same latents);
 - ``pretrained on the target's genes``: an encoder pretrained on the same pbmc3k cells restricted
   to the target's genes beforehand (no surgery, no fine-tuning): what the pretraining cells give
   without the cost of adapting to a gene set, the reference the adapted arms are read against.

@@ -17,6 +17,7 @@ from . import _utils
 from .nn import AutoencoderModule
 from .nn.autoencoder import TARGET_SUM  # noqa: F401  (re-exported: the encoder's input scale)
 from .train import (
+    AdaptPlan,
     AutoencoderPlan,
     BalancedDraws,
     ConvergenceStop,
@@ -50,8 +51,6 @@ def _default_epochs(n_obs: int, batch_size: int, steps: int = 3000, low: int = 2
 _GENE_AXES = {"encoder.0.0.weight": 1, "decoder.1.weight": 0, "decoder.1.bias": 0,
               "gene_log_scale": 0, "gene_mean": 0, "gene_scale": 0, "scale_head.weight": 0,
               "scale_head.bias": 0}
-#: the gene-specific layers (input layer, output layer, dispersions); the rest is the trunk
-_GENE_LAYERS = ("encoder.0.0.", "decoder.1.", "gene_log_scale", "scale_head.")
 
 
 def _align_genes(known, names) -> tuple[np.ndarray, dict]:
@@ -109,6 +108,70 @@ def _transplant(old, new, index: np.ndarray, *, shares=None, moments=None) -> No
             value.zero_()
         value.index_copy_(_GENE_AXES[key], dst, before.index_select(_GENE_AXES[key], src))
     new.load_state_dict(state)
+
+
+def _keep_pretrained(module, index: np.ndarray, finetune: str):
+    """Freeze what fine-tuning with ``finetune`` must leave as transplanted; returns the call
+    that unfreezes it and puts back any pretrained value that moved.
+
+    ``"all"`` trains everything. ``"genes"`` trains the input layer and, of the output layer and
+    dispersions, only the rows of genes new to the pretrained autoencoder: the shared genes' rows
+    are the pretrained decoder's exactly (its softmax restricted to them is exact), and fitting
+    them to a few labelled cells made held-out cells less likely in development. Their gradients
+    are masked, and their values put back after training (AdamW's weight decay moves even
+    parameters without gradient).
+    """
+    if finetune == "all":
+        return lambda: None
+    shared = torch.from_numpy(index >= 0)
+    frozen, masked, hooks = [], {}, []
+    for key, p in module.named_parameters():
+        if key.startswith("encoder.0.0."):
+            continue
+        if key in _GENE_AXES and not shared.all():
+            rows = shared.to(p.device)
+            masked[key] = (p, rows, p.detach()[rows].clone())
+            hooks.append(p.register_hook(
+                lambda g, rows=rows: g.masked_fill(rows.view(-1, *[1] * (g.dim() - 1)), 0.0)))
+        else:
+            frozen.append(p)
+            p.requires_grad_(False)
+
+    def restore():
+        for h in hooks:
+            h.remove()
+        for p in frozen:
+            p.requires_grad_(True)
+        with torch.no_grad():
+            for p, rows, values in masked.values():
+                p[rows] = values
+
+    return restore
+
+
+#: at most this many of the user's cells teach an adapted autoencoder the pretrained latents
+#: (each costs a few passes of the pretrained decoder over all its genes; the input layer learned
+#: from them generalised to the other cells of a data set as well as to them in development)
+N_TEACHER_CELLS = 2048
+
+
+def _teacher_rows(codes, n_cells: int, limit: int, seed: int) -> np.ndarray:
+    """At most ``limit`` cells, sorted: all when there are few; otherwise an equal share of each
+    class (``codes``), classes too small for theirs giving the rest to the others, so that rare
+    types are taught; a uniform draw without labels."""
+    if n_cells <= limit:
+        return np.arange(n_cells)
+    rng = np.random.default_rng(seed)
+    if codes is None:
+        return np.sort(rng.choice(n_cells, limit, replace=False))
+    classes, counts = np.unique(codes, return_counts=True)
+    quota, left, remaining = np.zeros(len(counts), np.int64), limit, len(counts)
+    for i in np.argsort(counts):  # smallest first: water-filling
+        quota[i] = min(counts[i], left // remaining)
+        left -= quota[i]
+        remaining -= 1
+    return np.sort(np.concatenate([rng.choice(np.flatnonzero(codes == c), q, replace=False)
+                                   for c, q in zip(classes, quota, strict=True)]))
 
 
 def _class_codes(y, n_cells: int):
@@ -451,9 +514,17 @@ class CellAutoencoder(TransformerMixin, BaseEstimator):
         rows, so genes this autoencoder knows but ``X`` lacks leave the model (they pollute
         neither the input nor the likelihood, whose softmax runs over ``X``'s genes only), and
         genes new to it get zero weights (they start by changing nothing) and, for counts, an
-        output bias giving them their mean share of the counts in ``X``. Then the gene-specific
-        layers (``finetune="genes"``) or the whole network (``"all"``) are trained on ``X`` for
-        a few epochs. This autoencoder is not changed.
+        output bias giving them their mean share of the counts in ``X``.
+
+        The transplanted encoder alone would misplace the user's cells: it sees only the shared
+        genes, normalised over them. So it is then taught this autoencoder's latent space: up to
+        2048 of ``X``'s cells (an equal share per type of ``y``, rare types whole) are encoded by
+        this autoencoder with the genes they lack imputed from its decoder
+        (:meth:`scaug.nn.AutoencoderModule.encode_observed`), and the new input layer learns to
+        give those latents from ``X``'s genes, while the new genes' output rows learn to
+        reconstruct ``X`` from them. The shared genes' output rows stay this decoder's exactly.
+        With ``finetune="all"`` every layer trains toward the same fixed latents. This
+        autoencoder is not changed.
 
         Parameters
         ----------
@@ -461,19 +532,21 @@ class CellAutoencoder(TransformerMixin, BaseEstimator):
             The user's cells, with gene names (DataFrame columns, ``feature_names`` or an
             ``OnDiskCells``' ``var_names``). Counts if this autoencoder models counts.
         y : array-like of shape (n_cells,), optional
-            Cell types, only to balance the minibatches, as in :meth:`fit`.
+            Cell types, only to choose the cells that teach the latents (every type among them)
+            and to balance the minibatches, as in :meth:`fit`.
         feature_names : array-like of str, optional
             Gene names of ``X`` when it has no column names.
         min_overlap : float in [0, 1], default=0.5
             The least fraction of ``X``'s genes that this autoencoder must know; less is refused
             before any training (the report is :meth:`gene_overlap`).
         max_epochs : int or None, default=None
-            Fine-tuning passes over ``X``. ``None`` is about 1000 optimiser steps (5 to 50
-            epochs), or none at all when ``X`` has exactly this autoencoder's genes in another
-            order (the surgery is then exact). 0 only transplants the weights.
+            Fine-tuning passes over the teaching cells. ``None`` is about 1000 optimiser steps
+            (5 to 50 epochs), or none at all when ``X`` has exactly this autoencoder's genes in
+            another order (the surgery is then exact). 0 only transplants the weights.
         finetune : {"genes", "all"}, default="genes"
-            Train only the gene-specific layers (input and output layers, dispersions), keeping
-            the pretrained trunk and so its latent space, or the whole network.
+            Train only the gene-specific layers (the input layer, and the new genes' rows of
+            the output layer and dispersions), keeping the pretrained trunk and decoder, or
+            every layer. Either way the latents taught are this autoencoder's.
         random_state : int, RandomState instance or None, default=None
             ``None`` uses this autoencoder's ``random_state``.
 
@@ -496,7 +569,8 @@ class CellAutoencoder(TransformerMixin, BaseEstimator):
         codes = _class_codes(y, X.shape[0])
         exact = report["n_new"] == 0 and report["n_missing"] == 0
         if max_epochs is None:
-            max_epochs = 0 if exact else _default_epochs(X.shape[0], self.batch_size, 1000, 5, 50)
+            max_epochs = 0 if exact else _default_epochs(min(X.shape[0], N_TEACHER_CELLS),
+                                                         self.batch_size, 1000, 5, 50)
         seed = _utils.seed_from(self.random_state if random_state is None else random_state)
         if self.verbose:
             print(f"scaug: adapting the autoencoder to {report['n_genes']} genes: "
@@ -516,19 +590,27 @@ class CellAutoencoder(TransformerMixin, BaseEstimator):
                 moments = (mean, scale)
             _transplant(self.module_, module, index, moments=moments,
                         shares=_mean_shares(sample) if self.likelihood_ == "nb" else None)
-            history, stopped = [], None
+            history = []
             if max_epochs:
-                frozen = [p for k, p in module.named_parameters()
-                          if finetune == "genes" and not k.startswith(_GENE_LAYERS)]
-                for p in frozen:
-                    p.requires_grad_(False)
+                rows = _teacher_rows(codes, X.shape[0], N_TEACHER_CELLS, seed) if not on_disk \
+                    else None
+                # sparse cells stay sparse: densified one batch at a time
+                cells = X[rows] if not on_disk else sample[:N_TEACHER_CELLS]
+                latents = self._latents_of_observed(cells, index, seed)
+                keep = _keep_pretrained(module, index, finetune)
                 try:
-                    plan = self._train(module, X, codes, n_epochs=max_epochs, seed=seed,
-                                       device=device, verbose=self.verbose, desc="adapting")
-                    history, stopped = list(plan.history), plan.stopped_at
+                    draw = None if codes is None or rows is None else \
+                        BalancedDraws(codes[rows], self.class_balance)
+                    data = MinibatchData([cells, latents], batch_size=int(self.batch_size),
+                                         seed=seed, draw=draw)
+                    plan = AdaptPlan(module, latent_noise=self.latent_noise,
+                                     learning_rate=self.learning_rate, n_epochs=max_epochs,
+                                     seed=seed)
+                    fit_plan(plan, data, device=device, trainer_kwargs=self.trainer_kwargs,
+                             max_epochs=max_epochs, desc="adapting", verbose=self.verbose)
+                    history = list(plan.history)
                 finally:
-                    for p in frozen:
-                        p.requires_grad_(True)
+                    keep()
         new = clone(self)
         new.module_ = module.eval()
         new.likelihood_ = self.likelihood_
@@ -536,10 +618,23 @@ class CellAutoencoder(TransformerMixin, BaseEstimator):
         new.n_features_in_ = len(names)
         new.feature_names_in_ = np.asarray(names, dtype=object)
         new.history_ = history
-        new.stopped_at_ = stopped
+        new.stopped_at_ = None
         new.gene_overlap_ = report
         new._set_runtime(device)
         return new
+
+    def _latents_of_observed(self, cells: np.ndarray, index: np.ndarray, seed: int,
+                             batch_size: int = 256) -> np.ndarray:
+        """This autoencoder's latents of ``cells`` (on the genes of an alignment ``index``),
+        its genes that the cells lack imputed (:meth:`AutoencoderModule.encode_observed`)."""
+        columns = np.flatnonzero(index >= 0)
+        genes = torch.from_numpy(index[columns])
+        generator = torch.Generator(device=self.device_).manual_seed(seed)
+        out = np.empty((cells.shape[0], int(self.n_latent)), dtype=np.float32)
+        for idx in _utils.iter_batches(cells.shape[0], batch_size):
+            x = torch.as_tensor(_utils.dense_rows(cells, idx)[:, columns], device=self.device_)
+            out[idx] = self.module_.encode_observed(x, genes, generator=generator).cpu().numpy()
+        return out
 
     def transform(self, X, batch_size: int = 4096) -> np.ndarray:
         """Latent representation of the cells ``X``, computed batch by batch."""

@@ -49,8 +49,9 @@ def other(data):
 
 
 def _fails_if_trained(monkeypatch):
-    monkeypatch.setattr(plans.AutoencoderPlan, "training_step",
-                        lambda *a, **k: pytest.fail("trained before refusing"))
+    for plan in (plans.AutoencoderPlan, plans.AdaptPlan):
+        monkeypatch.setattr(plan, "training_step",
+                            lambda *a, **k: pytest.fail("trained before refusing"))
 
 
 def test_overlap_is_reported(pretrained, other):
@@ -123,12 +124,66 @@ def test_fine_tuning_trains_the_gene_layers_and_keeps_the_trunk(pretrained, othe
     assert len(tuned.history_) == 2
     after = tuned.module_.state_dict()
     assert not torch.equal(after["encoder.0.0.weight"], start["encoder.0.0.weight"])
-    assert not torch.equal(after["decoder.1.weight"], start["decoder.1.weight"])
-    trunk = torch.equal(after["encoder.1.weight"], start["encoder.1.weight"])
-    assert trunk == (finetune == "genes")
+    new = torch.from_numpy(df.columns.str.startswith("new"))
+    # the new genes' output rows are learned; with "genes" the shared genes' rows stay the
+    # pretrained decoder's exactly (weight decay included), with "all" they train too
+    for key in ("decoder.1.weight", "decoder.1.bias", "gene_log_scale"):
+        assert not torch.equal(after[key][new], start[key][new])
+        assert torch.equal(after[key][~new], start[key][~new]) == (finetune == "genes")
+    for key in ("encoder.1.weight", "decoder.0.0.weight"):
+        assert torch.equal(after[key], start[key]) == (finetune == "genes")
     assert all(p.requires_grad for p in tuned.module_.parameters())  # nothing left frozen
+    assert all(not p._backward_hooks for p in tuned.module_.parameters())  # no gradient mask left
     for k, v in pretrained.module_.state_dict().items():
         assert torch.equal(v, before[k])
+
+
+def test_fine_tuning_teaches_the_encoder_the_pretrained_latents(data):
+    """The adapted encoder learns, from the user's cells alone, the latents the pretrained one
+    gives the same cells with all its genes: closer to them than the transplanted weights."""
+    X, y = data
+    ae = CellAutoencoder(**{**AE_TINY, "max_epochs": 20}).fit(X, feature_names=GENES)
+    full = ae.transform(pd.DataFrame(X, columns=GENES))
+    df = pd.DataFrame(X[:, :20], columns=GENES[:20])  # half of the genes measured
+    transplanted = ae.adapt(df, max_epochs=0).transform(df)
+    tuned = ae.adapt(df, y, max_epochs=20).transform(df)
+
+    def r2(z):
+        return 1 - ((z - full) ** 2).sum() / ((full - full.mean(0)) ** 2).sum()
+
+    assert r2(tuned) > r2(transplanted) + 0.2, (r2(tuned), r2(transplanted))
+    assert r2(tuned) > 0.0
+
+
+def test_encode_observed_imputes_the_missing_genes(data):
+    X, _ = data
+    ae = CellAutoencoder(**{**AE_TINY, "max_epochs": 20}).fit(X)
+    m, full = ae.module_, torch.from_numpy(ae.transform(X))
+
+    def encode(x, genes, n_iter):
+        return m.encode_observed(torch.from_numpy(x), torch.as_tensor(genes), n_iter=n_iter,
+                                 generator=cpu_generator(0))
+
+    # every gene measured: the plain encoder, whatever the iterations
+    torch.testing.assert_close(encode(X, np.arange(N_GENES), 3), full)
+    # half of them: the zero-filled start is far off, imputing draws from the decoder pulls the
+    # latents toward those of the full cells
+    sst = ((full - full.mean(0)) ** 2).sum()
+    r2 = {n: float(1 - ((encode(X[:, :20], np.arange(20), n) - full) ** 2).sum() / sst)
+          for n in (0, 8)}
+    assert r2[8] > r2[0] + 0.3, r2
+    assert torch.equal(encode(X[:, :20], np.arange(20), 8), encode(X[:, :20], np.arange(20), 8))
+
+
+def test_teacher_rows_keep_every_class():
+    from scaug.autoencoder import _teacher_rows
+
+    codes = np.repeat([0, 1, 2], [5, 300, 1000])
+    rows = _teacher_rows(codes, len(codes), 100, seed=0)
+    assert len(rows) == 100 and len(np.unique(rows)) == 100 and np.all(np.diff(rows) > 0)
+    assert np.bincount(codes[rows]).tolist() == [5, 47, 48]  # the rare class whole, the rest even
+    assert np.array_equal(_teacher_rows(None, 50, 100, seed=0), np.arange(50))
+    assert len(_teacher_rows(None, 500, 100, seed=0)) == 100
 
 
 def test_refused_below_the_overlap_before_training(pretrained, data, monkeypatch):

@@ -185,6 +185,43 @@ class AutoencoderModule(nn.Module):
         """``x_in`` is the transformed expression (log1p-normalised counts, or standardised values)."""
         return self.encoder(x_in)
 
+    @torch.no_grad()
+    def encode_observed(self, x: torch.Tensor, genes: torch.Tensor, *, n_iter: int = 8,
+                        generator: torch.Generator | None = None) -> torch.Tensor:
+        """Latents of cells of which only this module's genes at positions ``genes`` were measured.
+
+        ``x`` (n_cells, len(genes)) holds those genes' raw values (counts, or the input's scale
+        for a Gaussian module). Encoding them with the other genes at zero would shift every
+        latent: the encoder's input is normalised over all its genes, and the missing genes'
+        weights see nothing. So the missing genes are imputed: drawn from the decoder's
+        likelihood at the current latents (counts at the library size the measured genes imply),
+        the measured genes kept as they are, and the cells re-encoded; ``n_iter`` times, from
+        the zero-filled start. The draws make it a stochastic fixed point, so the latents
+        returned are the mean over the last half of the iterations. Draws (not the decoder's
+        mean) are imputed because the encoder was trained on log1p of counts, whose mean is far
+        below log1p of the mean count for the sparse genes that make up most of a transcriptome.
+        """
+        n_genes = self.gene_log_scale.shape[0]
+        genes = genes.to(x.device)
+        full = torch.zeros(x.shape[0], n_genes, device=x.device, dtype=x.dtype)
+        if self.likelihood == "gaussian":  # the mean, not 0, is the neutral value here
+            full += self.gene_mean
+        full[:, genes] = x
+        z = self.encode(self.transform_input(full))
+        observed = x.sum(1) if self.likelihood == "nb" else None
+        kept = []
+        for i in range(n_iter):
+            library = None
+            if observed is not None:
+                share = F.softmax(self.decode(z), dim=-1)[:, genes].sum(1)
+                library = observed / share.clamp_min(1e-6)
+            full = self.sample_expression(z, library, generator)
+            full[:, genes] = x
+            z = self.encode(self.transform_input(full))
+            if i >= n_iter // 2:
+                kept.append(z)
+        return torch.stack(kept).mean(0) if kept else z
+
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """Decoder output: gene logits (NB) or standardised means (Gaussian)."""
         return self.decoder(z)

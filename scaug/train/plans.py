@@ -111,6 +111,36 @@ class AutoencoderPlan(_SeededPlan):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
 
 
+class AdaptPlan(AutoencoderPlan):
+    """Fits an autoencoder transplanted to other genes to a pretrained autoencoder's latent space.
+
+    Batches are ``(x, z)``: cells on the new genes and their latents under the pretrained
+    autoencoder (:meth:`scaug.nn.AutoencoderModule.encode_observed`). The encoder learns to give
+    ``z`` from ``x`` (squared error), the decoder to give ``x`` from ``z`` (the likelihood, under
+    the same latent noise as pretraining). ``z`` is given, not learned, so the latent space stays
+    the pretrained one whichever layers train: fine-tuning on a few labelled cells cannot pull
+    it toward them. Optimiser, schedule and ``history`` as in :class:`AutoencoderPlan`.
+    """
+
+    def loss(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        m = self.module
+        distil = ((m.encode(m.transform_input(x)) - z) ** 2).sum(-1)
+        z_noisy = z + self.latent_noise * torch.randn_like(z) if self.latent_noise else z
+        if m.likelihood == "nb":
+            target, library = x, x.sum(1)
+        else:
+            target, library = m.standardise(x), None
+        nll = -m.log_likelihood(target, z_noisy, library) / x.shape[1]
+        return (distil + nll).mean()
+
+    def training_step(self, batch, batch_idx):
+        x, z = batch
+        loss = self.loss(x, z)
+        self._total += float(loss.detach()) * len(x)
+        self._count += len(x)
+        return loss
+
+
 class _StepPlan(_SeededPlan):
     """A fixed number of optimiser steps with warm-up and cosine decay, and an EMA of the weights.
 
