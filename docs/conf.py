@@ -67,7 +67,7 @@ html_static_path = []
 HERE = os.path.dirname(os.path.abspath(__file__))
 #: the reports in the order the Benchmarks page lists them; any other markdown file follows
 REPORT_ORDER = ["README", "fidelity_10shot", "fidelity", "downstream/downstream",
-                "knn_oversampling", "sampling_speed", "oversampler_cost"]
+                "knn_neighbours", "sampling_speed", "oversampler_cost"]
 
 
 def markdown_reports():

@@ -110,16 +110,15 @@ def _transplant(old, new, index: np.ndarray, *, shares=None, moments=None) -> No
     new.load_state_dict(state)
 
 
-def _keep_pretrained(module, index: np.ndarray, finetune: str):
+def _keep_pretrained(module, index: np.ndarray, finetune: str, shared_rows: bool = False):
     """Freeze what fine-tuning with ``finetune`` must leave as transplanted; returns the call
     that unfreezes it and puts back any pretrained value that moved.
 
-    ``"all"`` trains everything. ``"genes"`` trains the input layer and, of the output layer and
-    dispersions, only the rows of genes new to the pretrained autoencoder: the shared genes' rows
-    are the pretrained decoder's exactly (its softmax restricted to them is exact), and fitting
-    them to a few labelled cells made held-out cells less likely in development. Their gradients
-    are masked, and their values put back after training (AdamW's weight decay moves even
-    parameters without gradient).
+    ``"all"`` trains everything. ``"genes"`` trains the input layer, the output layer and the
+    dispersions; with ``shared_rows=False`` only the rows of genes new to the pretrained
+    autoencoder, the shared genes' rows staying the pretrained decoder's exactly (its softmax
+    restricted to them is exact): their gradients are masked, and their values put back after
+    training (AdamW's weight decay moves even parameters without gradient).
     """
     if finetune == "all":
         return lambda: None
@@ -127,6 +126,8 @@ def _keep_pretrained(module, index: np.ndarray, finetune: str):
     frozen, masked, hooks = [], {}, []
     for key, p in module.named_parameters():
         if key.startswith("encoder.0.0."):
+            continue
+        if key in _GENE_AXES and shared_rows:
             continue
         if key in _GENE_AXES and not shared.all():
             rows = shared.to(p.device)
@@ -147,6 +148,24 @@ def _keep_pretrained(module, index: np.ndarray, finetune: str):
                 p[rows] = values
 
     return restore
+
+
+@torch.no_grad()
+def _held_out_loglik(module, cells, latents, rows, device, batch_size: int = 512) -> float:
+    """Mean log-likelihood per gene of ``cells[rows]`` at their given latents (no latent noise)."""
+    was_training = module.training
+    module.eval()
+    total = 0.0
+    for start in range(0, len(rows), batch_size):
+        idx = rows[start:start + batch_size]
+        x = torch.as_tensor(_utils.dense_rows(cells, idx), device=device)
+        z = torch.as_tensor(latents[idx], device=device)
+        if module.likelihood == "nb":
+            total += float(module.log_likelihood(x, z, x.sum(1)).sum())
+        else:
+            total += float(module.log_likelihood(module.standardise(x), z, None).sum())
+    module.train(was_training)
+    return total / (len(rows) * cells.shape[1])
 
 
 #: at most this many of the user's cells teach an adapted autoencoder the pretrained latents
@@ -522,9 +541,10 @@ class CellAutoencoder(TransformerMixin, BaseEstimator):
         this autoencoder with the genes they lack imputed from its decoder
         (:meth:`scaug.nn.AutoencoderModule.encode_observed`), and the new input layer learns to
         give those latents from ``X``'s genes, while the new genes' output rows learn to
-        reconstruct ``X`` from them. The shared genes' output rows stay this decoder's exactly.
-        With ``finetune="all"`` every layer trains toward the same fixed latents. This
-        autoencoder is not changed.
+        reconstruct ``X`` from them. The shared genes' output rows are either kept as this
+        decoder's or fitted too, whichever makes held-out cells of ``X`` more likely (see
+        ``adaptation_``). With ``finetune="all"`` every layer trains toward the same fixed
+        latents. This autoencoder is not changed.
 
         Parameters
         ----------
@@ -554,7 +574,11 @@ class CellAutoencoder(TransformerMixin, BaseEstimator):
         -------
         CellAutoencoder
             Fitted, on this autoencoder's device, with ``feature_names_in_`` the genes of ``X``,
-            ``history_`` the fine-tuning losses and ``gene_overlap_`` the overlap report.
+            ``history_`` the fine-tuning losses, ``gene_overlap_`` the overlap report and
+            ``adaptation_`` what the fine-tuning did (None without it): the numbers of teaching
+            and held-out cells, which decoder rows of the shared genes were kept
+            (``"pretrained"``, ``"fitted"``, or ``"all"`` with ``finetune="all"``) and the
+            held-out log-likelihood per gene of each.
             With ``verbose``, the overlap is printed (to stderr).
         """
         check_is_fitted(self, "module_")
@@ -590,27 +614,17 @@ class CellAutoencoder(TransformerMixin, BaseEstimator):
                 moments = (mean, scale)
             _transplant(self.module_, module, index, moments=moments,
                         shares=_mean_shares(sample) if self.likelihood_ == "nb" else None)
-            history = []
+            history, adaptation = [], None
             if max_epochs:
                 rows = _teacher_rows(codes, X.shape[0], N_TEACHER_CELLS, seed) if not on_disk \
                     else None
                 # sparse cells stay sparse: densified one batch at a time
                 cells = X[rows] if not on_disk else sample[:N_TEACHER_CELLS]
                 latents = self._latents_of_observed(cells, index, seed)
-                keep = _keep_pretrained(module, index, finetune)
-                try:
-                    draw = None if codes is None or rows is None else \
-                        BalancedDraws(codes[rows], self.class_balance)
-                    data = MinibatchData([cells, latents], batch_size=int(self.batch_size),
-                                         seed=seed, draw=draw)
-                    plan = AdaptPlan(module, latent_noise=self.latent_noise,
-                                     learning_rate=self.learning_rate, n_epochs=max_epochs,
-                                     seed=seed)
-                    fit_plan(plan, data, device=device, trainer_kwargs=self.trainer_kwargs,
-                             max_epochs=max_epochs, desc="adapting", verbose=self.verbose)
-                    history = list(plan.history)
-                finally:
-                    keep()
+                cell_codes = None if codes is None or rows is None else codes[rows]
+                history, adaptation = self._teach(module, index, cells, latents, cell_codes,
+                                                  finetune=finetune, n_epochs=max_epochs,
+                                                  seed=seed, device=device)
         new = clone(self)
         new.module_ = module.eval()
         new.likelihood_ = self.likelihood_
@@ -620,8 +634,58 @@ class CellAutoencoder(TransformerMixin, BaseEstimator):
         new.history_ = history
         new.stopped_at_ = None
         new.gene_overlap_ = report
+        new.adaptation_ = adaptation
         new._set_runtime(device)
         return new
+
+    def _teach(self, module, index, cells, latents, codes, *, finetune, n_epochs, seed, device):
+        """Train the transplanted ``module`` toward the pretrained ``latents`` of ``cells``
+        (:class:`AdaptPlan`); returns ``(history, adaptation report)``.
+
+        With ``finetune="genes"`` the shared genes' output rows are trained once kept at the
+        pretrained decoder's values and once fitted to the cells, and the version under which
+        held-out teaching cells (``validation_fraction`` of the types of at least 100 cells) are
+        more likely is kept: on new cells of the pretraining data set the pretrained rows were
+        better, on another data set (another preparation, other capture efficiencies) fitted
+        ones, in development (transfer benchmark, seeds 0-1). Without held-out cells the
+        pretrained rows are kept.
+        """
+        groups = np.zeros(len(latents), np.int64) if codes is None else codes
+        held = validation_split(groups, float(self.validation_fraction), seed)
+        fit_rows = np.arange(len(latents)) if held is None else np.flatnonzero(~held)
+        options = ["all"] if finetune == "all" else \
+            ["pretrained"] + ([] if held is None else ["fitted"])
+        start = copy.deepcopy(module.state_dict())
+        found = {}
+        for decoder in options:
+            module.load_state_dict(start)
+            keep = _keep_pretrained(module, index, finetune, shared_rows=decoder != "pretrained")
+            try:
+                draw = None if codes is None else BalancedDraws(codes[fit_rows], self.class_balance)
+                data = MinibatchData([cells, latents], batch_size=int(self.batch_size), seed=seed,
+                                     rows=fit_rows, draw=draw)
+                plan = AdaptPlan(module, latent_noise=self.latent_noise,
+                                 learning_rate=self.learning_rate, n_epochs=n_epochs, seed=seed)
+                fit_plan(plan, data, device=device, trainer_kwargs=self.trainer_kwargs,
+                         max_epochs=n_epochs, desc="adapting", verbose=self.verbose)
+            finally:
+                keep()
+            loglik = None if held is None else \
+                _held_out_loglik(module, cells, latents, np.flatnonzero(held), device)
+            found[decoder] = (copy.deepcopy(module.state_dict()), list(plan.history), loglik)
+        chosen = max(found, key=lambda k: -np.inf if found[k][2] is None else found[k][2]) \
+            if len(found) > 1 else options[0]
+        module.load_state_dict(found[chosen][0])
+        report = {"n_teaching_cells": int(len(fit_rows)),
+                  "n_validation_cells": 0 if held is None else int(held.sum()),
+                  "decoder": chosen,
+                  "validation_loglik": {k: v[2] for k, v in found.items() if v[2] is not None}}
+        if self.verbose and len(found) > 1:
+            print(f"scaug: kept the {chosen} decoder rows of the shared genes (held-out "
+                  "log-likelihood per gene: " + ", ".join(
+                      f"{k} {v:.4f}" for k, v in report["validation_loglik"].items()) + ")",
+                  file=sys.stderr)
+        return found[chosen][1], report
 
     def _latents_of_observed(self, cells: np.ndarray, index: np.ndarray, seed: int,
                              batch_size: int = 256) -> np.ndarray:
@@ -692,6 +756,7 @@ class CellAutoencoder(TransformerMixin, BaseEstimator):
             "history": [float(v) for v in self.history_],
             "stopped_at": self.stopped_at_,
             "gene_overlap": getattr(self, "gene_overlap_", None),
+            "adaptation": getattr(self, "adaptation_", None),
         }
 
     @classmethod
@@ -712,6 +777,7 @@ class CellAutoencoder(TransformerMixin, BaseEstimator):
         ae.stopped_at_ = state.get("stopped_at")
         if state.get("gene_overlap") is not None:  # an adapted autoencoder (see adapt)
             ae.gene_overlap_ = dict(state["gene_overlap"])
+            ae.adaptation_ = state.get("adaptation")
         ae._set_runtime(_utils.resolve_device(device))
         return ae
 

@@ -125,11 +125,19 @@ def test_fine_tuning_trains_the_gene_layers_and_keeps_the_trunk(pretrained, othe
     after = tuned.module_.state_dict()
     assert not torch.equal(after["encoder.0.0.weight"], start["encoder.0.0.weight"])
     new = torch.from_numpy(df.columns.str.startswith("new"))
-    # the new genes' output rows are learned; with "genes" the shared genes' rows stay the
-    # pretrained decoder's exactly (weight decay included), with "all" they train too
+    report = tuned.adaptation_
+    kept = report["decoder"] == "pretrained"
+    if finetune == "genes":  # the rows under which held-out cells are more likely
+        assert set(report["validation_loglik"]) == {"pretrained", "fitted"}
+        assert report["decoder"] == max(report["validation_loglik"], key=report["validation_loglik"].get)
+        assert report["n_validation_cells"] > 0
+    else:
+        assert report["decoder"] == "all" and not kept
+    # the new genes' output rows are learned; the shared genes' rows stay the pretrained
+    # decoder's exactly (weight decay included) when those were kept, and train otherwise
     for key in ("decoder.1.weight", "decoder.1.bias", "gene_log_scale"):
         assert not torch.equal(after[key][new], start[key][new])
-        assert torch.equal(after[key][~new], start[key][~new]) == (finetune == "genes")
+        assert torch.equal(after[key][~new], start[key][~new]) == kept
     for key in ("encoder.1.weight", "decoder.0.0.weight"):
         assert torch.equal(after[key], start[key]) == (finetune == "genes")
     assert all(p.requires_grad for p in tuned.module_.parameters())  # nothing left frozen
@@ -173,6 +181,33 @@ def test_encode_observed_imputes_the_missing_genes(data):
           for n in (0, 8)}
     assert r2[8] > r2[0] + 0.3, r2
     assert torch.equal(encode(X[:, :20], np.arange(20), 8), encode(X[:, :20], np.arange(20), 8))
+
+
+def test_decoder_rows_chosen_by_held_out_likelihood(data, monkeypatch):
+    """Both versions of the shared genes' output rows are trained; the one under which held-out
+    cells are more likely is kept, and the report survives saving."""
+    from scaug import autoencoder as module
+
+    X, _ = data
+    ae = CellAutoencoder(**AE_TINY).fit(X, feature_names=GENES)
+    df = pd.DataFrame(X[:, :30], columns=GENES[:30])
+    for favoured in ("pretrained", "fitted"):
+        calls = []
+
+        def loglik(*args, **kwargs):  # the fitted rows are trained second
+            calls.append(1)
+            return 1.0 if (len(calls) == 1) == (favoured == "pretrained") else 0.0
+
+        monkeypatch.setattr(module, "_held_out_loglik", loglik)
+        tuned = ae.adapt(df, max_epochs=1)
+        assert tuned.adaptation_["decoder"] == favoured and len(calls) == 2
+        shared_rows = tuned.module_.state_dict()["decoder.1.weight"]
+        start = ae.adapt(df, max_epochs=0).module_.state_dict()["decoder.1.weight"]
+        assert torch.equal(shared_rows, start) == (favoured == "pretrained")
+    # without cells to hold out (no type of 100 cells), the pretrained rows, and nothing compared
+    small = ae.adapt(df.iloc[:60], max_epochs=1)
+    assert small.adaptation_["decoder"] == "pretrained"
+    assert small.adaptation_["n_validation_cells"] == 0 and small.adaptation_["validation_loglik"] == {}
 
 
 def test_teacher_rows_keep_every_class():
@@ -258,6 +293,7 @@ def test_adapted_models_save_and_load(pretrained, other, data, tmp_path):
     back = CellAutoencoder.load(tmp_path / "adapted.scae", device="cpu")
     assert list(back.feature_names_in_) == list(df.columns)
     assert back.gene_overlap_ == adapted.gene_overlap_
+    assert back.adaptation_ == adapted.adaptation_ and adapted.adaptation_["n_teaching_cells"] > 0
     np.testing.assert_array_equal(back.transform(df), adapted.transform(df))
     model = SCLD(autoencoder=tmp_path / "adapted.scae", **SCLD_TINY).fit(df, y)  # same genes now
     assert model.gene_overlap_ is None
