@@ -19,6 +19,7 @@ The experiments (``downstream.py``, ``fidelity.py``) use only what is here; ``ru
 from __future__ import annotations
 
 import argparse
+import datetime
 import glob
 import hashlib
 import importlib
@@ -516,3 +517,50 @@ def write_report(out_dir: str, name: str, lines: list[str], payload: dict) -> st
         fh.write("\n".join(lines).rstrip() + "\n")
     write_json(payload, path + ".json", default=_plain)
     return path + ".md"
+
+
+# -- the main of a benchmark that writes one report ------------------------------------------------
+def intro(title: str, script: str, payload: dict) -> list[str]:
+    """The first lines of a one-report benchmark: title, quick-mode warning, and the provenance
+    the payload saved when it ran (command, date, machine and code version, minutes)."""
+    return [f"# {title}", "",
+            *(["> **Quick mode**: tiny networks, one seed; says nothing about the method.", ""]
+              if payload.get("quick") else []),
+            f"Made by `{payload['command']}` on {payload.get('date', 'an unrecorded date')}; "
+            f"{payload['machine']}; {payload['seconds'] / 60:.1f} min. How it was measured: the "
+            f"docstring of `benchmarks/{script}`."]
+
+
+def one_report_main(doc: str, name: str, run, render, argv=None) -> None:
+    """Parse ``--quick``, ``--out-dir``, ``--quiet`` and ``--render``; run the benchmark or
+    re-render its saved JSON; write ``name.md`` and ``name.json`` into the output folder.
+
+    ``run(quick, verbose)`` returns the payload (``rows``, ``runs`` and anything else to save);
+    ``render(payload)`` its report text. The payload gains ``command``, ``machine``, ``seconds``
+    and ``quick`` here, so every report records them.
+    """
+    p = argparse.ArgumentParser(description=doc.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="tiny networks, one seed: a smoke test")
+    p.add_argument("--out-dir", default=DOCS)
+    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--render", action="store_true",
+                   help=f"re-write the report from --out-dir's {name}.json, running nothing")
+    args = p.parse_args(argv)
+    json_path = os.path.join(os.path.abspath(args.out_dir), f"{name}.json")
+    if args.render:
+        with open(json_path) as fh:
+            payload = json.load(fh)
+        payload.setdefault("quick", False)
+    else:
+        command = shlex.join(["python", f"benchmarks/{name}.py",
+                              *(argv if argv is not None else sys.argv[1:])])
+        t0 = time.perf_counter()
+        payload = run(args.quick, not args.quiet)
+        payload.update(command=command, machine=machine(), seconds=time.perf_counter() - t0,
+                       quick=args.quick, date=f"{datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC")
+        write_json(payload, json_path, default=_plain)
+    text = render(payload)
+    os.makedirs(args.out_dir, exist_ok=True)
+    with open(os.path.join(args.out_dir, f"{name}.md"), "w") as fh:
+        fh.write(text + "\n")
+    print(text)

@@ -30,10 +30,7 @@ writes decoder_ceiling.md and decoder_ceiling.json into --out-dir (default docs/
 
 from __future__ import annotations
 
-import argparse
-import datetime
 import os
-import shlex
 import sys
 import time
 
@@ -42,8 +39,8 @@ import torch
 from sklearn.model_selection import train_test_split
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import DOCS, load_counts, machine, write_json  # noqa: E402
-from _suite import DEV_SEEDS, REPORT_SEEDS, fmt_diff, paired  # noqa: E402
+from _common import load_counts  # noqa: E402
+from _suite import DEV_SEEDS, REPORT_SEEDS, fmt_diff, intro, one_report_main, paired  # noqa: E402
 
 from scaug import CellAutoencoder, metrics  # noqa: E402
 from scaug.preprocessing import NormalizeLog1p  # noqa: E402
@@ -162,57 +159,25 @@ def tables(rows, seeds):
     return lines
 
 
-def render(rows, runs, command, seconds, quick):
-    date = f"{datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC"
-    lines = ["# The decoder's ceiling: re-drawn real cells against held-out ones", "",
-             *(["> **Quick mode**: tiny networks, one seed; says nothing about the method.", ""]
-               if quick else []),
-             f"Made by `{command}` on {date}; {machine()}; {seconds / 60:.1f} min. How it was "
-             "measured: the docstring of `benchmarks/decoder_ceiling.py`. Differences are paired "
-             "by seed; a win or loss only when the 95 % interval excludes zero.", ""]
-    for title, seeds in runs:
-        lines += [f"## {title}: seeds {seeds}", "", *tables(rows, seeds), ""]
+def run(quick, verbose):
+    settings = QUICK if quick else FULL
+    runs = ([("quick", [0])] if quick else
+            [("Development seeds (where a variant would be chosen)", list(DEV_SEEDS)),
+             ("Reporting seeds (never used for a choice)", list(REPORT_SEEDS))])
+    X, y = load_counts("cbmc")
+    rows = [r for _, seeds in runs for seed in seeds for r in run_seed(X, y, seed, settings, verbose)]
+    return {"settings": settings, "variants": VARIANTS, "runs": runs, "rows": rows}
+
+
+def render(payload):
+    lines = [*intro("The decoder's ceiling: re-drawn real cells against held-out ones",
+                    "decoder_ceiling.py", payload),
+             "Differences are paired by seed; a win or loss only when the 95 % interval excludes "
+             "zero.", ""]
+    for title, seeds in payload["runs"]:
+        lines += [f"## {title}: seeds {seeds}", "", *tables(payload["rows"], seeds), ""]
     return "\n".join(lines)
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true", help="tiny networks, one seed: a smoke test")
-    p.add_argument("--out-dir", default=DOCS)
-    p.add_argument("--quiet", action="store_true")
-    p.add_argument("--render", action="store_true",
-                   help="re-write the report from --out-dir's decoder_ceiling.json, running nothing")
-    args = p.parse_args(argv)
-    json_path = os.path.join(os.path.abspath(args.out_dir), "decoder_ceiling.json")
-    if args.render:
-        import json
-
-        with open(json_path) as fh:
-            saved = json.load(fh)
-        text = render(saved["rows"], saved["runs"], saved["command"], saved["seconds"],
-                      saved["quick"])
-    else:
-        settings = QUICK if args.quick else FULL
-        runs = ([("quick", [0])] if args.quick else
-                [("Development seeds (where a variant would be chosen)", list(DEV_SEEDS)),
-                 ("Reporting seeds (never used for a choice)", list(REPORT_SEEDS))])
-        command = shlex.join(["python", "benchmarks/decoder_ceiling.py",
-                              *(argv if argv is not None else sys.argv[1:])])
-        X, y = load_counts("cbmc")
-        t0, rows = time.perf_counter(), []
-        for _, seeds in runs:
-            for seed in seeds:
-                rows += run_seed(X, y, seed, settings, verbose=not args.quiet)
-        seconds = time.perf_counter() - t0
-        text = render(rows, runs, command, seconds, args.quick)
-        write_json({"command": command, "machine": machine(), "settings": settings,
-                    "variants": VARIANTS, "runs": runs, "seconds": seconds, "quick": args.quick,
-                    "rows": rows}, json_path)
-    os.makedirs(args.out_dir, exist_ok=True)
-    with open(os.path.join(args.out_dir, "decoder_ceiling.md"), "w") as fh:
-        fh.write(text + "\n")
-    print(text)
-
-
 if __name__ == "__main__":
-    main()
+    one_report_main(__doc__, "decoder_ceiling", run, render)

@@ -30,19 +30,15 @@ writes gaussian_start.md and gaussian_start.json into --out-dir (default docs/).
 
 from __future__ import annotations
 
-import argparse
-import datetime
 import os
-import shlex
 import sys
-import time
 
 import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import DOCS, load_counts, machine, rare_split, write_json  # noqa: E402
-from _suite import DEV_SEEDS, REPORT_SEEDS, fmt_diff, paired  # noqa: E402
+from _common import load_counts, rare_split  # noqa: E402
+from _suite import DEV_SEEDS, REPORT_SEEDS, fmt_diff, intro, one_report_main, paired  # noqa: E402
 
 from scaug import SCLD, CellAutoencoder, metrics, sampling  # noqa: E402
 from scaug.preprocessing import NormalizeLog1p  # noqa: E402
@@ -152,47 +148,25 @@ def table(rows, seeds):
     return lines
 
 
-def render(rows, runs, command, seconds, quick):
-    date = f"{datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC"
-    lines = ["# Starting the diffusion from the type's latent Gaussian", "",
-             *(["> **Quick mode**: tiny networks, one seed; says nothing about the method.", ""]
-               if quick else []),
-             f"Made by `{command}` on {date}; {machine()}; {seconds / 60:.1f} min. How it was "
-             "measured: the docstring of `benchmarks/gaussian_start.py`. A lower two-sample AUC "
-             "is more realistic (0.5: indistinguishable from held-out real cells); differences "
-             "are paired by seed, a win or loss only when the 95 % interval excludes zero.", ""]
-    for title, seeds in runs:
-        lines += [f"## {title}: seeds {seeds}", "", *table(rows, seeds), ""]
+def run(quick, verbose):
+    settings = QUICK if quick else FULL
+    runs = ([("quick", [0])] if quick else
+            [("Development seeds (where s would be chosen)", list(DEV_SEEDS)),
+             ("Reporting seeds (never used for a choice)", list(REPORT_SEEDS))])
+    X, y = load_counts("cbmc")
+    rows = [r for _, seeds in runs for seed in seeds for r in run_seed(X, y, seed, settings, verbose)]
+    return {"settings": settings, "runs": runs, "rows": rows}
+
+
+def render(payload):
+    lines = [*intro("Starting the diffusion from the type's latent Gaussian", "gaussian_start.py", payload),
+             "A lower two-sample AUC is more realistic (0.5: indistinguishable from held-out real "
+             "cells); differences are paired by seed, a win or loss only when the 95 % interval "
+             "excludes zero.", ""]
+    for title, seeds in payload["runs"]:
+        lines += [f"## {title}: seeds {seeds}", "", *table(payload["rows"], seeds), ""]
     return "\n".join(lines)
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true", help="tiny networks, one seed: a smoke test")
-    p.add_argument("--out-dir", default=DOCS)
-    p.add_argument("--quiet", action="store_true")
-    args = p.parse_args(argv)
-    settings = QUICK if args.quick else FULL
-    runs = ([("quick", [0])] if args.quick else
-            [("Development seeds (where s would be chosen)", list(DEV_SEEDS)),
-             ("Reporting seeds (never used for a choice)", list(REPORT_SEEDS))])
-    command = shlex.join(["python", "benchmarks/gaussian_start.py",
-                          *(argv if argv is not None else sys.argv[1:])])
-    X, y = load_counts("cbmc")
-    t0, rows = time.perf_counter(), []
-    for _, seeds in runs:
-        for seed in seeds:
-            rows += run_seed(X, y, seed, settings, verbose=not args.quiet)
-    seconds = time.perf_counter() - t0
-    text = render(rows, runs, command, seconds, args.quick)
-    os.makedirs(args.out_dir, exist_ok=True)
-    with open(os.path.join(args.out_dir, "gaussian_start.md"), "w") as fh:
-        fh.write(text + "\n")
-    write_json({"command": command, "machine": machine(), "settings": settings, "runs": runs,
-                "seconds": seconds, "rows": rows},
-               os.path.join(os.path.abspath(args.out_dir), "gaussian_start.json"))
-    print(text)
-
-
 if __name__ == "__main__":
-    main()
+    one_report_main(__doc__, "gaussian_start", run, render)

@@ -27,20 +27,15 @@ writes knn_neighbours.md and knn_neighbours.json into --out-dir (default docs/).
 
 from __future__ import annotations
 
-import argparse
-import datetime
-import json
 import os
-import shlex
 import sys
-import time
 
 import numpy as np
 from sklearn.neighbors import KNeighborsClassifier
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _suite as S  # noqa: E402
-from _common import DOCS, load_counts, machine, rare_split, write_json  # noqa: E402
+from _common import load_counts, rare_split  # noqa: E402
 
 AMOUNTS = (1.0, 0.2, 0.05)
 RUNS = [("Development (where an amount would be chosen)", ("paul15", "cbmc"), S.DEV_SEEDS),
@@ -147,53 +142,23 @@ def tables(rows, datasets, seeds):
     return lines
 
 
-def render(rows, runs, command, seconds, quick):
-    date = f"{datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC"
-    lines = ["# k-NN and synthetic cells: the neighbours of held-out rare cells", "",
-             *(["> **Quick mode**: tiny networks, one seed; says nothing about the method.", ""]
-               if quick else []),
-             f"Made by `{command}` on {date}; {machine()}; {seconds / 60:.1f} min. How it was "
-             "measured: the docstring of `benchmarks/knn_neighbours.py`. Means ± sd over seeds, "
-             "of the means over the three rare types. `NN:` columns: the share of a held-out rare "
-             "cell's 5 nearest neighbours of each kind.", ""]
-    for title, datasets, seeds in runs:
+def run(quick, verbose):
+    runs = QUICK_RUNS if quick else RUNS
+    rows = [r for _, datasets, seeds in runs for d in datasets for seed in seeds
+            for r in run_unit(d, seed, quick, verbose)]
+    return {"runs": runs, "amounts": AMOUNTS, "rows": rows}
+
+
+def render(payload):
+    lines = [*S.intro("k-NN and synthetic cells: the neighbours of held-out rare cells",
+                      "knn_neighbours.py", payload),
+             "Means ± sd over seeds, of the means over the three rare types. `NN:` columns: the "
+             "share of a held-out rare cell's 5 nearest neighbours of each kind.", ""]
+    for title, datasets, seeds in payload["runs"]:
         lines += [f"## {title}: {', '.join(datasets)}, seeds {list(seeds)}", "",
-                  *tables(rows, datasets, seeds)]
+                  *tables(payload["rows"], datasets, seeds)]
     return "\n".join(lines)
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true", help="tiny networks, one seed: a smoke test")
-    p.add_argument("--out-dir", default=DOCS)
-    p.add_argument("--quiet", action="store_true")
-    p.add_argument("--render", action="store_true",
-                   help="re-write the report from --out-dir's knn_neighbours.json, running nothing")
-    args = p.parse_args(argv)
-    json_path = os.path.join(os.path.abspath(args.out_dir), "knn_neighbours.json")
-    if args.render:
-        with open(json_path) as fh:
-            saved = json.load(fh)
-        text = render(saved["rows"], saved["runs"], saved["command"], saved["seconds"],
-                      saved["quick"])
-    else:
-        runs = QUICK_RUNS if args.quick else RUNS
-        command = shlex.join(["python", "benchmarks/knn_neighbours.py",
-                              *(argv if argv is not None else sys.argv[1:])])
-        t0, rows = time.perf_counter(), []
-        for _, datasets, seeds in runs:
-            for d in datasets:
-                for seed in seeds:
-                    rows += run_unit(d, seed, args.quick, verbose=not args.quiet)
-        seconds = time.perf_counter() - t0
-        text = render(rows, runs, command, seconds, args.quick)
-        write_json({"command": command, "machine": machine(), "runs": runs, "seconds": seconds,
-                    "quick": args.quick, "amounts": AMOUNTS, "rows": rows}, json_path)
-    os.makedirs(args.out_dir, exist_ok=True)
-    with open(os.path.join(args.out_dir, "knn_neighbours.md"), "w") as fh:
-        fh.write(text + "\n")
-    print(text)
-
-
 if __name__ == "__main__":
-    main()
+    S.one_report_main(__doc__, "knn_neighbours", run, render)

@@ -194,7 +194,7 @@ def test_decoder_rows_chosen_by_held_out_likelihood(data, monkeypatch):
     for favoured in ("pretrained", "fitted"):
         calls = []
 
-        def loglik(*args, **kwargs):  # the fitted rows are trained second
+        def loglik(*args, calls=calls, favoured=favoured, **kwargs):  # fitted rows come second
             calls.append(1)
             return 1.0 if (len(calls) == 1) == (favoured == "pretrained") else 0.0
 
