@@ -554,9 +554,9 @@ def one_report_main(doc: str, name: str, run, render, argv=None) -> None:
     else:
         command = shlex.join(["python", f"benchmarks/{name}.py",
                               *(argv if argv is not None else sys.argv[1:])])
-        t0 = time.perf_counter()
+        t0, started_on = time.perf_counter(), machine()  # the code version it ran with
         payload = run(args.quick, not args.quiet)
-        payload.update(command=command, machine=machine(), seconds=time.perf_counter() - t0,
+        payload.update(command=command, machine=started_on, seconds=time.perf_counter() - t0,
                        quick=args.quick, date=f"{datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC")
         write_json(payload, json_path, default=_plain)
     text = render(payload)

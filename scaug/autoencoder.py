@@ -222,7 +222,9 @@ class CellAutoencoder(TransformerMixin, BaseEstimator):
     dispersion : {"gene", "gene-cell"}, default="gene"
         Noise of the likelihood: one NB dispersion (or standard deviation) per gene (the scVI
         default), or a per-cell correction of it predicted by the decoder, which lets each type
-        have its own noise. ``docs/fidelity.md`` measures both.
+        have its own noise. ``docs/decoder_ceiling.md`` measures both: ``"gene-cell"`` made
+        re-drawn cells more realistic on the development seeds but not clearly on the
+        reporting seeds, and less so for erythrocytes and dendritic cells there.
     max_epochs : int or None, default=None
         Training passes over the data; ``None`` picks about 3000 optimiser steps (20 to 200 epochs).
     batch_size : int, default=128
