@@ -83,7 +83,8 @@ class SCLD(BaseEstimator):
 
         A pretrained autoencoder whose genes (by name) differ from ``X``'s is adapted to them
         first (:meth:`CellAutoencoder.adapt`: shared genes' weights copied, the trunk kept, the
-        gene-specific layers fine-tuned on ``X`` for ``max_epochs`` or its default), so the model
+        gene-specific layers taught the pretrained latents of ``X``'s cells for ``max_epochs`` or
+        its default), so the model
         generates exactly ``X``'s genes in ``X``'s order; ``X`` in the same genes in another
         order is only reordered. See ``docs/transfer.md``.
     min_gene_overlap : float in [0, 1], default=0.5
