@@ -8,7 +8,8 @@ path to :class:`~scaug.SCLDOverSampler` for cells in a DataFrame with their own 
 the encoder is aligned to them by name (:meth:`~scaug.CellAutoencoder.adapt`: shared genes'
 weights copied, the pretrained trunk kept, genes it lacks added, genes the data lacks left out,
 the gene-specific layers taught the pretrained latents of the data's cells), and the synthetic
-cells come out with exactly the data's genes, in its order. ``docs/transfer.md`` explains the steps and what they cost.
+cells come out with exactly the data's genes, in its order. ``docs/transfer.md`` explains the
+steps and what they cost.
 
 Here the encoder is pretrained on pbmc3k's 32,738 genes when ``SCAUG_DATA_DIR`` points at the
 real data (``scaug.datasets.load("pbmc3k")``), otherwise on simulated counts named after 600 of
