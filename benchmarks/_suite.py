@@ -531,13 +531,14 @@ def intro(title: str, script: str, payload: dict) -> list[str]:
             f"docstring of `benchmarks/{script}`."]
 
 
-def one_report_main(doc: str, name: str, run, render, argv=None) -> None:
+def one_report_main(doc: str, name: str, run, render, argv=None, add_arguments=None) -> None:
     """Parse ``--quick``, ``--out-dir``, ``--quiet`` and ``--render``; run the benchmark or
     re-render its saved JSON; write ``name.md`` and ``name.json`` into the output folder.
 
     ``run(quick, verbose)`` returns the payload (``rows``, ``runs`` and anything else to save);
     ``render(payload)`` its report text. The payload gains ``command``, ``machine``, ``seconds``
-    and ``quick`` here, so every report records them.
+    and ``quick`` here, so every report records them. ``add_arguments(parser)`` adds a script's
+    own options; ``run`` then gets the parsed arguments as a third argument.
     """
     p = argparse.ArgumentParser(description=doc.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="tiny networks, one seed: a smoke test")
@@ -545,6 +546,8 @@ def one_report_main(doc: str, name: str, run, render, argv=None) -> None:
     p.add_argument("--quiet", action="store_true")
     p.add_argument("--render", action="store_true",
                    help=f"re-write the report from --out-dir's {name}.json, running nothing")
+    if add_arguments is not None:
+        add_arguments(p)
     args = p.parse_args(argv)
     json_path = os.path.join(os.path.abspath(args.out_dir), f"{name}.json")
     if args.render:
@@ -555,7 +558,7 @@ def one_report_main(doc: str, name: str, run, render, argv=None) -> None:
         command = shlex.join(["python", f"benchmarks/{name}.py",
                               *(argv if argv is not None else sys.argv[1:])])
         t0, started_on = time.perf_counter(), machine()  # the code version it ran with
-        payload = run(args.quick, not args.quiet)
+        payload = run(args.quick, not args.quiet, *([args] if add_arguments is not None else []))
         payload.update(command=command, machine=started_on, seconds=time.perf_counter() - t0,
                        quick=args.quick, date=f"{datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC")
         write_json(payload, json_path, default=_plain)
