@@ -160,10 +160,7 @@ def _held_out_loglik(module, cells, latents, rows, device, batch_size: int = 512
         idx = rows[start:start + batch_size]
         x = torch.as_tensor(_utils.dense_rows(cells, idx), device=device)
         z = torch.as_tensor(latents[idx], device=device)
-        if module.likelihood == "nb":
-            total += float(module.log_likelihood(x, z, x.sum(1)).sum())
-        else:
-            total += float(module.log_likelihood(module.standardise(x), z, None).sum())
+        total += float(module.cells_log_likelihood(x, z).sum())
     module.train(was_training)
     return total / (len(rows) * cells.shape[1])
 
@@ -675,8 +672,8 @@ class CellAutoencoder(TransformerMixin, BaseEstimator):
             loglik = None if held is None else \
                 _held_out_loglik(module, cells, latents, np.flatnonzero(held), device)
             found[decoder] = (copy.deepcopy(module.state_dict()), list(plan.history), loglik)
-        chosen = max(found, key=lambda k: -np.inf if found[k][2] is None else found[k][2]) \
-            if len(found) > 1 else options[0]
+        # with two options there are held-out cells, so both have a log-likelihood
+        chosen = max(found, key=lambda k: found[k][2]) if len(found) > 1 else options[0]
         module.load_state_dict(found[chosen][0])
         report = {"n_teaching_cells": int(len(fit_rows)),
                   "n_validation_cells": 0 if held is None else int(held.sum()),

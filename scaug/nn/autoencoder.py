@@ -241,6 +241,13 @@ class AutoencoderModule(nn.Module):
         return (-0.5 * ((x - out) / torch.exp(log_scale)) ** 2 - log_scale
                 - 0.5 * math.log(2 * math.pi)).sum(-1)
 
+    def cells_log_likelihood(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """Log-likelihood of each cell of raw ``x`` at latent ``z``: counts at the cell's own
+        library size (NB), or standardised values (Gaussian)."""
+        if self.likelihood == "nb":
+            return self.log_likelihood(x, z, x.sum(1))
+        return self.log_likelihood(self.standardise(x), z, None)
+
     @torch.no_grad()
     def nb_parameters(self, z: torch.Tensor, library: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """NB means (n, n_genes) and inverse dispersions ((n_genes,), or (n, n_genes) per cell),

@@ -67,16 +67,12 @@ class AutoencoderPlan(_SeededPlan):
         z = m.encode(m.transform_input(x))
         noise = self.latent_noise if latent_noise is None else latent_noise
         z_noisy = z + noise * torch.randn_like(z) if noise else z
-        if m.likelihood == "nb":
-            target, library = x, x.sum(1)
-        else:
-            target, library = m.standardise(x), None
-        nll = -m.log_likelihood(target, z_noisy, library)
+        nll = -m.cells_log_likelihood(x, z_noisy)
         prior = 0.5 * (z**2).sum(-1)
         return (nll + prior).mean() / x.shape[1]
 
     def training_step(self, batch, batch_idx):
-        loss = self.loss(batch[0])
+        loss = self.loss(*batch)  # AdaptPlan's batches also hold the latents to learn
         self._total += float(loss.detach()) * len(batch[0])
         self._count += len(batch[0])
         return loss
@@ -126,19 +122,8 @@ class AdaptPlan(AutoencoderPlan):
         m = self.module
         distil = ((m.encode(m.transform_input(x)) - z) ** 2).sum(-1)
         z_noisy = z + self.latent_noise * torch.randn_like(z) if self.latent_noise else z
-        if m.likelihood == "nb":
-            target, library = x, x.sum(1)
-        else:
-            target, library = m.standardise(x), None
-        nll = -m.log_likelihood(target, z_noisy, library) / x.shape[1]
+        nll = -m.cells_log_likelihood(x, z_noisy) / x.shape[1]
         return (distil + nll).mean()
-
-    def training_step(self, batch, batch_idx):
-        x, z = batch
-        loss = self.loss(x, z)
-        self._total += float(loss.detach()) * len(x)
-        self._count += len(x)
-        return loss
 
 
 class _StepPlan(_SeededPlan):
