@@ -109,3 +109,38 @@ def test_gene_cell_dispersion_round_trips_and_checks(tmp_path, data):
     np.testing.assert_array_equal(a, b)
     with pytest.raises(ValueError, match="'dispersion' parameter of CellAutoencoder must be a str among"):
         CellAutoencoder(dispersion="cell", **KW).fit(X)
+
+
+def test_match_detection_shifts_only_the_dispersion(data):
+    import torch
+
+    X, _ = data
+    kw = dict(KW, max_epochs=30)  # a decoder whose means are near enough to match every gene
+    plain = CellAutoencoder(random_state=0, **kw).fit(X)
+    matched = CellAutoencoder(random_state=0, match_detection=True, **kw).fit(X)
+    a, b = plain.module_.state_dict(), matched.module_.state_dict()
+    for name in a:  # the same training: every weight equal but the gene dispersions
+        if name != "gene_log_scale":
+            torch.testing.assert_close(a[name], b[name], rtol=0, atol=0)
+    assert not torch.equal(a["gene_log_scale"], b["gene_log_scale"])
+    # re-drawn at their own latents and libraries, the cells are as often nonzero as the real ones
+    dense = X.toarray()
+    detected = {}
+    for name, ae in (("plain", plain), ("matched", matched)):
+        draws = [ae.generate(ae.transform(X), dense.sum(1), generator=torch.Generator().manual_seed(s))
+                 for s in range(5)]
+        detected[name] = np.mean([(d > 0).mean() for d in draws])
+    real = (dense > 0).mean()
+    assert abs(detected["matched"] - real) < 0.01 < abs(detected["plain"] - real)
+
+
+def test_match_detection_from_disk(tmp_path):
+    from scaug.train import OnDiskCells
+
+    cells = simulate(n_cells=200, n_genes=30, n_types=2, random_state=0)
+    cells.write_h5ad(tmp_path / "c.h5ad")
+    store = OnDiskCells(tmp_path / "c.h5ad", chunk_size=16, buffer_chunks=4)
+    ae = CellAutoencoder(random_state=0, match_detection=True, **KW).fit(store)
+    plain = CellAutoencoder(random_state=0, **KW).fit(store)
+    assert not np.array_equal(ae.module_.gene_log_scale.detach().numpy(),
+                              plain.module_.gene_log_scale.detach().numpy())

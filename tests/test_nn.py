@@ -79,3 +79,29 @@ def test_unique_conditions_matches_torch_unique_rows(case):
     assert torch.equal(unique, ref_unique)
     assert torch.equal(inverse, ref_inverse)
     assert torch.equal(unique[inverse], key)  # every row is recovered from its index
+
+
+def test_detection_offsets_match_each_genes_detection_rate():
+    torch.manual_seed(0)
+    module = AutoencoderModule(30, 3, (16,)).eval()
+    rng = np.random.default_rng(0)
+    # counts more often nonzero than the module's dispersion (theta = 1) expects: Poisson-like
+    x = torch.as_tensor(rng.poisson(rng.gamma(2.0, 0.4, size=(500, 30))), dtype=torch.float32)
+    x[:, 0] = 0
+    x[:3, 0] = 1  # detected in 3 cells: too few to match, kept as it is
+    with torch.no_grad():  # a decoder with each gene's mean share: every rate is reachable
+        module.decoder[-1].weight.zero_()
+        module.decoder[-1].bias.copy_(torch.log(x.sum(0) / x.sum()))
+    offsets = module.detection_offsets(x)
+    assert offsets[0] == 0
+    z = module.encode(module.transform_input(x))
+    with torch.no_grad():
+        mu, theta = module.nb_parameters(z, x.sum(1))
+        th = theta * torch.exp(offsets)
+        expected = (1 - (th / (th + mu)) ** th).mean(0)
+        before = (1 - (theta / (theta + mu)) ** theta).mean(0)
+    observed = (x > 0).float().mean(0)
+    np.testing.assert_allclose(expected[1:], observed[1:], atol=1e-4)
+    assert (before[1:] < observed[1:]).all() and (offsets[1:] > 0).all()
+    with pytest.raises(ValueError, match="NB likelihood"):
+        AutoencoderModule(30, 3, (16,), likelihood="gaussian").detection_offsets(x)
