@@ -63,8 +63,8 @@ HISTORY = {
 # -- the registry of named settings -----------------------------------------------------------
 #: CellAutoencoder settings of SCLD's autoencoder, in full
 AUTOENCODER = dict(n_latent=16, hidden=[256, 128], likelihood="auto", dispersion="gene",
-                   max_epochs=None, batch_size=128, learning_rate=1e-3, latent_noise=0.1,
-                   class_balance=0.5, early_stopping=True, validation_fraction=0.1,
+                   match_detection=False, max_epochs=None, batch_size=128, learning_rate=1e-3,
+                   latent_noise=0.1, class_balance=0.5, early_stopping=True, validation_fraction=0.1,
                    n_iter_no_change=5, tol=1e-3, check_every=100)
 #: SCLD's diffusion and sampling settings, in full (its autoencoder is AUTOENCODER, fitted apart)
 DIFFUSION = dict(width=128, depth=3, max_epochs=None, diffusion_steps=None, batch_size=256,
@@ -80,8 +80,9 @@ def _imblearn(sampler, space, **kw):
     return dict(kind="imblearn", sampler=sampler, space=space, k_neighbors=5, **kw)
 
 
-def _latent(method, **kw):
-    return dict(kind="latent", method=method, autoencoder=AUTOENCODER, **kw)
+def _latent(method, autoencoder=(), **kw):
+    return dict(kind="latent", method=method, autoencoder={**AUTOENCODER, **dict(autoencoder)},
+                **kw)
 
 
 def _scld(autoencoder=(), diffusion=(), sampling=(), **kw):
@@ -111,12 +112,16 @@ REGISTRY = {
     "SCLD, gene-cell dispersion and latent noise 1.0": _scld(
         autoencoder={"dispersion": "gene-cell", "latent_noise": 1.0}, dev=True),
     "SCLD, to 0.2 of the largest type": _scld(amount=0.2, dev=True),
+    "SCLD, detection-matched autoencoder": _scld(autoencoder={"match_detection": True}, dev=True),
+    "latent Gaussian, detection-matched autoencoder": _latent(
+        "gaussian", autoencoder={"match_detection": True}, dev=True),
     # fidelity's training-half regime only: the capped types' other training cells labelled -1
     "SCLD, semi-supervised": _scld(unlabelled=True),
     "SMOTE, to 0.2 of the largest type": _imblearn("SMOTE", "log", amount=0.2, dev=True),
 }
 IMBLEARN = [n for n, s in REGISTRY.items() if s["kind"] == "imblearn" and "amount" not in s]
-LATENT = [n for n, s in REGISTRY.items() if s["kind"] == "latent"]
+#: the cheap latent baselines of the reports (an ablation's own latent baseline is ``dev``)
+LATENT = [n for n, s in REGISTRY.items() if s["kind"] == "latent" and not s.get("dev")]
 #: tiny networks and budgets of --quick: a smoke test of the code path, not a measurement
 QUICK = dict(autoencoder=dict(max_epochs=3, n_latent=8, hidden=[64]),
              diffusion=dict(diffusion_steps=150, width=64, depth=1),

@@ -229,7 +229,8 @@ class CellAutoencoder(TransformerMixin, BaseEstimator):
         cells). The likelihood's dispersion makes re-drawn cells about 10 % poorer in detected
         genes than real cells of the same library size, a tell-tale that a classifier picks up;
         ``docs/decoder_ceiling_detection/decoder_ceiling.md`` measures what matching does.
-        Counts (NB) only; ignored for a Gaussian likelihood.
+        :meth:`adapt` matches them again on the cells it adapts to (unless their genes are the
+        same). Counts (NB) only; ignored for a Gaussian likelihood.
     max_epochs : int or None, default=None
         Training passes over the data; ``None`` picks about 3000 optimiser steps (20 to 200 epochs).
     batch_size : int, default=128
@@ -636,6 +637,8 @@ class CellAutoencoder(TransformerMixin, BaseEstimator):
                 history, adaptation = self._teach(module, index, cells, latents, cell_codes,
                                                   finetune=finetune, n_epochs=max_epochs,
                                                   seed=seed, device=device)
+                if self.match_detection and self.likelihood_ == "nb":
+                    _match_detection(module, X, seed)  # on the cells it now models
         new = clone(self)
         new.module_ = module.eval()
         new.likelihood_ = self.likelihood_

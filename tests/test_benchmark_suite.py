@@ -64,6 +64,9 @@ def test_registry_states_settings_in_full_and_names_them_plainly():
             assert set(s["autoencoder"]) == set(S.AUTOENCODER)
     # the latent baselines decode through SCLD's autoencoder settings
     assert all(S.REGISTRY[a]["autoencoder"] == S.REGISTRY["SCLD"]["autoencoder"] for a in S.LATENT)
+    # and an ablation's latent baseline through the autoencoder of an SCLD ablation
+    scld_aes = [s["autoencoder"] for s in S.REGISTRY.values() if s["kind"] == "scld"]
+    assert all(s["autoencoder"] in scld_aes for s in S.REGISTRY.values() if s["kind"] == "latent")
     assert set(S.default_augmenters(dev=False)) < set(S.default_augmenters(dev=True))
     assert set(S.DEV_DATASETS).isdisjoint(S.REPORTING_ONLY)
     assert set(S.DEV_SEEDS).isdisjoint(S.REPORT_SEEDS) and len(S.REPORT_SEEDS) >= 5

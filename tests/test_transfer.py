@@ -335,3 +335,20 @@ def test_adapt_from_disk(pretrained, other, tmp_path):
     in_memory = pretrained.adapt(df, max_epochs=0)
     start = pretrained.adapt(cells, max_epochs=0)
     np.testing.assert_allclose(start.transform(df), in_memory.transform(df), rtol=1e-5, atol=1e-6)
+
+
+def test_adapt_matches_detection_on_the_cells_it_adapts_to(data, other):
+    X, _ = data
+    df, _, _ = other
+    matched = CellAutoencoder(match_detection=True, **AE_TINY).fit(X, feature_names=GENES)
+    adapted = matched.adapt(df, max_epochs=2)
+    Z, cells = adapted.transform(df), df.to_numpy()
+    x = torch.as_tensor(cells)
+    with torch.no_grad():
+        mu, theta = adapted.module_.nb_parameters(adapted.module_.encode(
+            adapted.module_.transform_input(x)), x.sum(1))
+        expected = (1 - (theta / (theta + mu)) ** theta).mean(0).numpy()
+    observed = (cells > 0).mean(0)
+    reachable = (1 - np.exp(-mu.numpy())).mean(0) > observed + 0.01  # the Poisson limit
+    np.testing.assert_allclose(expected[reachable], observed[reachable], atol=1e-3)
+    assert reachable.sum() >= 20 and Z.shape == (len(df), 4)
