@@ -1,7 +1,7 @@
 """Post-guidance by a real-vs-generated discriminator: does screening SCLD's cells raise realism?
 
 The paper's post-guidance is meant to raise sample quality; classifier guidance and type
-screening raise typicality instead (``docs/fidelity_10shot.md``). Discriminator guidance (Kim et
+screening raise typicality instead (``docs/archive/fidelity_10shot.md``). Discriminator guidance (Kim et
 al. 2023) and discriminator rejection sampling (Azadi et al. 2019) correct a generator toward the
 data with a classifier of real against generated samples: its odds ``D / (1 - D)`` estimate the
 density ratio of data to generator. This experiment asks whether such a discriminator, trained on

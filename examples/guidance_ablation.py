@@ -13,7 +13,7 @@ real cells, 1.0 means every synthetic cell is recognisable):
 - screening (post-guidance: keep cells the latent classifier assigns to the type);
 - all three.
 
-Guidance trades realism for typicality (``docs/fidelity_10shot.md``): expect the default to
+Guidance trades realism for typicality (``docs/archive/fidelity_10shot.md``): expect the default to
 score lowest. One test on a few dozen held-out cells is noisy (about +-0.1).
 
 Run as is: ``python examples/guidance_ablation.py`` (about two minutes on a 2-core laptop CPU).
