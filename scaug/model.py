@@ -111,8 +111,8 @@ class SCLD(BaseEstimator):
         The denoiser learns each type's latents with Gaussian noise of ``latent_smoothing /
         sqrt(n)`` times the type's sd (``n`` its cells; at most 1), the type's variance kept (a
         smoothed bootstrap). Without it (0), a type of a few cells is learned as those few points
-        and sampled back as near-copies of them (``docs/fidelity_10shot.md``); the noise fades as
-        a type grows (a 1600-cell type gets 10 % of its sd).
+        and sampled back as near-copies of them (``docs/archive/fidelity_10shot.md``); the noise
+        fades as a type grows (a 1600-cell type gets 10 % of its sd).
     guidance_scale : float, default=1.0
         Classifier-free guidance weight ``w`` in ``eps_u + w * (eps_c - eps_u)``; 1 is plain
         conditional sampling (the default: on 10-shot types, ``w=2`` made cells easier to tell
@@ -121,7 +121,7 @@ class SCLD(BaseEstimator):
     classifier_scale : float, default=0.0
         Classifier-guidance scale (post-guidance); 0, the default, switches it off. It steers
         samples toward the type's decision region and away from realistic cells
-        (``docs/fidelity_10shot.md``).
+        (``docs/archive/fidelity_10shot.md``).
     screening : bool, default=False
         Post-guidance screening: keep a synthetic cell only if the latent classifier gives the
         target type at least ``screening_threshold`` and its nearest real latent of the type is

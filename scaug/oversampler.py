@@ -130,7 +130,7 @@ class SCLDOverSampler(BaseOverSampler):
         Keep only synthetic cells that the latent classifier assigns to their type and that lie
         near the real cells of the type (redrawing the others).
 
-        The defaults give the most realistic cells measured (``docs/fidelity_10shot.md``);
+        The defaults give the most realistic cells measured (``docs/archive/fidelity_10shot.md``);
         ``guidance_scale=2.0, classifier_scale=1.0, screening=True`` give more prototypical
         ones.
     n_sample_steps : int, default=10
