@@ -355,7 +355,8 @@ def report(rows, mixing, nn_rows, info, args, settings, command, elapsed, made=N
             f"{'below' if verdicts[(TYPE_ONLY, NONE)] == 'worse' else 'no better than'} no "
             "augmentation and far below SMOTE, whose interpolations of the ten real cells "
             "carry their real batches too. These figures judge the conditioning, not SCLD's "
-            "quality at its defaults ([downstream](downstream/downstream.md)).", ""]
+            "quality at its defaults ([fidelity](fidelity_10shot.md); downstream, development "
+            "seeds: [archive/downstream](archive/downstream/downstream.md)).", ""]
     text = "\n".join(lines)
     os.makedirs(args.out_dir, exist_ok=True)
     with open(os.path.join(args.out_dir, "batch_conditioning.md"), "w") as fh:
