@@ -48,10 +48,10 @@ DEV_DATASETS = ("cbmc", "pbmc3k", "paul15")
 REPORTING_ONLY = ("bladder", "pbmc68k_reduced")
 #: what each data set was used for before this protocol (an honest account, from the git log)
 HISTORY = {
-    "cbmc": "development: latent_smoothing=4, guidance_scale=1 and post-guidance off were chosen "
+    "cbmc": "latent_smoothing=4, guidance_scale=1 and post-guidance off were chosen "
             "on its 10-shot fidelity (seeds 0-2)",
-    "pbmc3k": "development: the same choices as cbmc; model revision 2 was measured on it",
-    "paul15": "development: latent_noise=1.0 with gene-cell dispersion (model revision 2) was "
+    "pbmc3k": "the same choices as cbmc; model revision 2 was measured on it",
+    "paul15": "latent_noise=1.0 with gene-cell dispersion (model revision 2) was "
               "rejected on its downstream F1 (seeds 0-2)",
     "bladder": "before this protocol, one of the two data sets whose downstream F1 rejected "
                "latent_noise=1.0 (seeds 0-2), and its downstream seeds 0-2 were read when the "
