@@ -265,7 +265,8 @@ def render(rows, args, prov):
         lines += [f"### {regime}: `SCLD` rare-type F1 against each comparator", ""]
         for other in (BEST, *[a for a in args.augmenters if a != "SCLD" and a not in S.IMBLEARN]):
             lines += [f"- against {other}:", *_verdicts(comps, other, args.classifiers)]
-        shown = [x for x in comps if x["comparator"] in (BEST, "latent Gaussian", "none")]
+        # every comparator but the single imbalanced-learn samplers (their best stands for them)
+        shown = [x for x in comps if x["comparator"] not in S.IMBLEARN]
         body = [[x["dataset"], x["classifier"],
                  f"{x['comparator']} ({x['best']})" if x["best"] else x["comparator"],
                  f"{x['f1']:.3f}", f"{x['comparator_f1']:.3f}", S.fmt_diff(x), x["verdict"]]
