@@ -98,6 +98,30 @@ def rare_split(y, *, seed: int, test_size: float = 0.3, n_rare: int = 3, cap: in
     return train, test, rare
 
 
+def ten_shot_model(X, y, *, seed: int, settings: dict, verbose: bool):
+    """The low-noise 10-shot test (``gaussian_start.py``, ``discriminator.py``): a half/half split
+    whose three largest types keep 10 labelled training cells, an autoencoder pretrained without
+    labels on the whole training half, and SCLD fitted on the capped split through it
+    (``settings["ae"]``, ``settings["scld"]``). Returns ``train, test, capped, model``."""
+    from scaug import SCLD, CellAutoencoder
+
+    train, test, capped = rare_split(y, seed=seed, cap=10, test_size=0.5, largest=True)
+    half = np.setdiff1d(np.arange(len(y)), test)  # the training half, before the cap
+    ae = CellAutoencoder(random_state=seed, verbose=verbose, **settings["ae"]).fit(X[half])
+    model = SCLD(autoencoder=ae, random_state=seed, verbose=verbose,
+                 **settings["scld"]).fit(X[train], y[train])
+    return train, test, capped, model
+
+
+def realism(held_log, own_log, syn_log, seed: int) -> dict:
+    """Synthetic cells of a type against its held-out cells (``c2st_auc``, 0.5: indistinguishable)
+    and the copy check against its training cells (``dcr_ratio``, about 1: as new as real)."""
+    from scaug import metrics
+
+    return dict(c2st_auc=metrics.c2st_auc(held_log, syn_log, random_state=seed),
+                dcr_ratio=metrics.dcr_ratio(own_log, syn_log, held_log, random_state=seed))
+
+
 def semi_supervised_split(y, *, seed: int, largest: bool = False):
     """The half/half ``rare_split`` capped at 10 labelled cells, and the whole training half with
     the capped types' other cells labelled -1 (unlabelled), for a semi-supervised fit.

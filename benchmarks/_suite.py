@@ -364,6 +364,12 @@ def stack(a, b):
 
 
 # -- statistics ---------------------------------------------------------------------------------
+def arm_means(rows, arm, seeds, metric="c2st_auc") -> dict:
+    """Per seed: the mean of ``metric`` over the rows of ``arm`` (the seed is the replicate)."""
+    return {s: float(np.mean([r[metric] for r in rows if r.get("arm") == arm and r["seed"] == s]))
+            for s in seeds}
+
+
 def paired(a: dict, b: dict, higher_is_better: bool = True) -> dict:
     """Paired difference ``a - b`` over the seeds both have, with a 95 % paired-t interval.
 

@@ -46,9 +46,8 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _suite as S  # noqa: E402
-from _common import load_counts, rare_split  # noqa: E402
+from _common import load_counts, realism, ten_shot_model  # noqa: E402
 
-from scaug import SCLD, CellAutoencoder, metrics  # noqa: E402
 from scaug.preprocessing import NormalizeLog1p  # noqa: E402
 
 DEFAULT = "SCLD default"
@@ -138,11 +137,9 @@ def screen(logit, n, rng):
 
 
 def run_seed(X, y, seed, settings, verbose):
-    train, test, capped = rare_split(y, seed=seed, cap=10, test_size=0.5, largest=True)
-    half = np.setdiff1d(np.arange(len(y)), test)
-    ae = CellAutoencoder(random_state=seed, verbose=verbose, **settings["ae"]).fit(X[half])
-    model = SCLD(autoencoder=ae, random_state=seed, verbose=verbose,
-                 **settings["scld"]).fit(X[train], y[train])
+    train, test, capped, model = ten_shot_model(X, y, seed=seed, settings=settings,
+                                                verbose=verbose)
+    ae = model.autoencoder_
     norm = NormalizeLog1p()
     X_log = norm.fit_transform(X)
     classes = list(model.classes_)
@@ -190,29 +187,22 @@ def run_seed(X, y, seed, settings, verbose):
         for arm, idx in pick.items():
             syn = L_pool[idx]
             rows.append(dict(seed=seed, type=t, arm=arm, n_heldout=n, n_kept=len(idx),
-                             c2st_auc=metrics.c2st_auc(X_log[heldout], syn, random_state=seed),
-                             dcr_ratio=metrics.dcr_ratio(X_log[own], syn, X_log[heldout],
-                                                         random_state=seed)))
+                             **realism(X_log[heldout], X_log[own], syn, seed)))
             print(f"seed {seed} {t:12} {arm:32} c2st {rows[-1]['c2st_auc']:.3f}", flush=True)
     return rows
-
-
-def per_seed(rows, arm, seeds, metric="c2st_auc"):
-    return {s: float(np.mean([r[metric] for r in rows if r.get("arm") == arm and r["seed"] == s]))
-            for s in seeds}
 
 
 def tables(rows, seeds):
     disc = [[name, S.mean_sd([r["heldout_auc"] for r in rows if r.get("discriminator") == name
                             and r["seed"] in seeds])] for name in ("latent", "counts")]
-    default = per_seed(rows, DEFAULT, seeds)
+    default = S.arm_means(rows, DEFAULT, seeds)
     body = []
     for arm in ARMS:
-        mine = per_seed(rows, arm, seeds)
+        mine = S.arm_means(rows, arm, seeds)
         p = S.paired(mine, default, higher_is_better=False)
         body.append([arm, S.mean_sd(mine.values()),
                      "" if arm == DEFAULT else f"{S.fmt_diff(p)} ({p['verdict']})",
-                     S.mean_sd(per_seed(rows, arm, seeds, "dcr_ratio").values(), 2)])
+                     S.mean_sd(S.arm_means(rows, arm, seeds, "dcr_ratio").values(), 2)])
     return ["How well each discriminator tells the capped split's cells from SCLD's, on its 20 % "
             "held out (AUC, mean ± sd over seeds; 0.5: it cannot):", "",
             *S.table(["discriminator", "held-out AUC"], disc), "",

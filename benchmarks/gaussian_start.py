@@ -37,10 +37,10 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import load_counts, rare_split  # noqa: E402
-from _suite import DEV_SEEDS, REPORT_SEEDS, fmt_diff, intro, one_report_main, paired  # noqa: E402
+from _common import load_counts, realism, ten_shot_model  # noqa: E402
+from _suite import DEV_SEEDS, REPORT_SEEDS, arm_means, fmt_diff, intro, one_report_main, paired  # noqa: E402
 
-from scaug import SCLD, CellAutoencoder, metrics, sampling  # noqa: E402
+from scaug import metrics, sampling  # noqa: E402
 from scaug.preprocessing import NormalizeLog1p  # noqa: E402
 
 DEFAULT, GAUSSIAN = "SCLD default sampler", "latent Gaussian"
@@ -86,11 +86,8 @@ def decode(model, Zs, code, rng, gen):
 
 
 def run_seed(X, y, seed, settings, verbose):
-    train, test, capped = rare_split(y, seed=seed, cap=10, test_size=0.5, largest=True)
-    half = np.setdiff1d(np.arange(len(y)), test)  # the training half, before the cap
-    ae = CellAutoencoder(random_state=seed, verbose=verbose, **settings["ae"]).fit(X[half])
-    model = SCLD(autoencoder=ae, random_state=seed, verbose=verbose,
-                 **settings["scld"]).fit(X[train], y[train])
+    train, test, capped, model = ten_shot_model(X, y, seed=seed, settings=settings,
+                                                verbose=verbose)
     norm = NormalizeLog1p()
     X_log = norm.fit_transform(X)
     rows = []
@@ -110,16 +107,9 @@ def run_seed(X, y, seed, settings, verbose):
         for arm, Xs in arms.items():
             syn = norm.transform(Xs)
             rows.append(dict(seed=seed, type=t, arm=arm, n_heldout=n,
-                             c2st_auc=metrics.c2st_auc(X_log[held], syn, random_state=seed),
-                             dcr_ratio=metrics.dcr_ratio(X_log[own], syn, X_log[held],
-                                                         random_state=seed)))
+                             **realism(X_log[held], X_log[own], syn, seed)))
             print(f"seed {seed} {t:12} {arm:24} c2st {rows[-1]['c2st_auc']:.3f}", flush=True)
     return rows
-
-
-def per_seed(rows, arm, seeds, metric="c2st_auc"):
-    return {s: float(np.mean([r[metric] for r in rows if r["arm"] == arm and r["seed"] == s]))
-            for s in seeds}
 
 
 def against(mine, other, same):
@@ -134,9 +124,9 @@ def table(rows, seeds):
     reference = "held-out vs held-out"
     lines = ["| arm | two-sample AUC, mean ± sd | minus the Gaussian's [95 % CI] | minus the default's "
              "[95 % CI] | dcr_ratio |", "|---|---|---|---|---|"]
-    gauss, default = per_seed(rows, GAUSSIAN, seeds), per_seed(rows, DEFAULT, seeds)
+    gauss, default = arm_means(rows, GAUSSIAN, seeds), arm_means(rows, DEFAULT, seeds)
     for arm in [DEFAULT, GAUSSIAN, *map(start_arm, STRENGTHS), reference]:
-        mine = per_seed(rows, arm, seeds)
+        mine = arm_means(rows, arm, seeds)
         v = np.array(list(mine.values()))
         sd = f" ± {v.std(ddof=1):.3f}" if len(v) > 1 else ""
         dcr = [r["dcr_ratio"] for r in rows if r["arm"] == arm and r["seed"] in seeds
