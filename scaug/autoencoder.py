@@ -325,8 +325,8 @@ class CellAutoencoder(TransformerMixin, BaseEstimator):
     }
 
     def __init__(self, *, n_latent=16, hidden=(256, 128), likelihood="auto", dispersion="gene",
-                 match_detection=False, max_epochs=None, batch_size=128, learning_rate=1e-3, latent_noise=0.1,
-                 class_balance=0.5, early_stopping=True, validation_fraction=0.1,
+                 match_detection=False, max_epochs=None, batch_size=128, learning_rate=1e-3,
+                 latent_noise=0.1, class_balance=0.5, early_stopping=True, validation_fraction=0.1,
                  n_iter_no_change=5, tol=1e-3, check_every=100, trainer_kwargs=None,
                  cpu_threads=1, device="auto", random_state=None, verbose=True):
         self.n_latent = n_latent
@@ -847,6 +847,5 @@ def _match_detection(module, X, seed: int, max_cells: int = 10_000) -> None:
         rows = np.sort(np.random.default_rng(seed).choice(X.shape[0], min(n, X.shape[0]),
                                                           replace=False))
         cells = _utils.dense_rows(X, rows)
-    module.eval()
     x = torch.as_tensor(cells, device=module.gene_log_scale.device)
     module.gene_log_scale.add_(module.detection_offsets(x))

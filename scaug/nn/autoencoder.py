@@ -265,7 +265,8 @@ class AutoencoderModule(nn.Module):
             raise ValueError("detection_offsets needs the NB likelihood; this module is Gaussian.")
         z = self.encode(self.transform_input(x))
         mu, theta = self.nb_parameters(z, x.sum(1))
-        observed = (x > 0).float().mean(0)
+        detected = (x > 0).sum(0)
+        observed = detected / x.shape[0]
         lo = torch.full_like(observed, -6.0)
         hi = torch.full_like(observed, 8.0)
         for _ in range(n_iter):
@@ -275,7 +276,7 @@ class AutoencoderModule(nn.Module):
             below = expected.mean(0) < observed
             lo, hi = torch.where(below, mid, lo), torch.where(below, hi, mid)
         offsets = (lo + hi) / 2
-        return torch.where((x > 0).sum(0) >= min_cells, offsets, torch.zeros_like(offsets))
+        return torch.where(detected >= min_cells, offsets, torch.zeros_like(offsets))
 
     @torch.no_grad()
     def nb_parameters(self, z: torch.Tensor, library: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
