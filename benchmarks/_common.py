@@ -99,7 +99,7 @@ def rare_split(y, *, seed: int, test_size: float = 0.3, n_rare: int = 3, cap: in
 
 
 def ten_shot_model(X, y, *, seed: int, settings: dict, verbose: bool):
-    """The low-noise 10-shot test (``gaussian_start.py``, ``discriminator.py``): a half/half split
+    """The low-noise 10-shot test (``sampler_variants.py``, ``discriminator.py``): a half/half split
     whose three largest types keep 10 labelled training cells, an autoencoder pretrained without
     labels on the whole training half, and SCLD fitted on the capped split through it
     (``settings["ae"]``, ``settings["scld"]``). Returns ``train, test, capped, model``."""

@@ -8,7 +8,7 @@ density ratio of data to generator. This experiment asks whether such a discrimi
 what a user has (the training cells and the model's own samples, never held-out cells), finds
 anything to correct, and whether screening by it makes a rare type's cells more realistic.
 
-Set-up (the low-noise test of ``gaussian_start.py``): cbmc halved per seed, its three largest
+Set-up (the low-noise test of ``sampler_variants.py``): cbmc halved per seed, its three largest
 types capped at 10 labelled training cells and judged on up to 300 held-out cells each; the
 autoencoder pretrained without labels on the training half, SCLD fitted on the capped split with
 its defaults. Two discriminators, each given the cell type (one-hot) beside the cell, trained on

@@ -1,13 +1,23 @@
-"""Start the reverse diffusion from the type's latent Gaussian, noised part of the way (issue 18).
+"""Variants of SCLD's sampler for a type with 10 training cells, against its latent Gaussian (issue 18).
 
-A Gaussian fitted to a type's 10 training latents is as realistic as SCLD's default sampler
-through the same autoencoder. This experiment asks whether the diffusion model, which has learned
-from every cell how cells vary, can improve such a Gaussian draw: each draw is noised to time
-``t0 = s * T`` and denoised toward its type (SDEdit, Meng et al. 2022; scDiffusion starts its
-interpolations the same way from real cells noised to t=600 of 1000). ``s`` near 0 returns the
-Gaussian, ``s = 1`` the default sampler. Saved models hold no training cell, so the start is the
-type's Gaussian summary (``type_summaries_``: a Ledoit-Wolf Gaussian of its standardised
-latents), never a real cell.
+A Gaussian fitted to a type's 10 training latents is about as realistic as SCLD's default sampler
+through the same autoencoder. Two families of variants ask whether the diffusion model, which has
+learned from every cell how cells vary, can do better:
+
+- **Gaussian start**: each draw of the type's Gaussian is noised to time ``t0 = s * T`` and
+  denoised toward its type (SDEdit, Meng et al. 2022; scDiffusion starts its interpolations the
+  same way from real cells noised to t=600 of 1000). ``s`` near 0 returns the Gaussian, ``s = 1``
+  the default sampler. Saved models hold no training cell, so the start is the type's Gaussian
+  summary (``type_summaries_``: a Ledoit-Wolf Gaussian of its standardised latents), never a real
+  cell. DDIM over ``round(10 s)`` steps, at least 3.
+- **Guidance below 1**: classifier-free guidance ``w`` in 0.5 and 0.75 mixes the unconditional
+  score, learned from every cell, into the type's; alone, and with the type check of
+  ``screening=True`` (a latent is kept when the latent classifier gives its type at least 0.5
+  and its Mahalanobis distance to the type's Gaussian summary is within the 0.9 quantile of its
+  training cells'), plus the type check at ``w = 1``. Through ``SCLD.sample``, so any of them is
+  one argument away for a user. The model is fitted with ``latent_classifier=True`` for the
+  check; the classifier trains after the denoiser on its own seed, so the other arms are those
+  of a default fit.
 
 Set-up (the low-noise test of the fidelity suite): cbmc halved per seed (stratified), its three
 largest types capped at 10 labelled training cells and judged on up to 300 held-out cells each;
@@ -15,17 +25,16 @@ the autoencoder pretrained without labels on the training half, SCLD fitted on t
 with its defaults. Per type, as many synthetic cells as held-out cells, all decoded through the
 same autoencoder with library sizes of the type's training cells: ``c2st_auc`` (log-normalised,
 random forest; 0.5 = indistinguishable) against the held-out cells and the copy check
-``dcr_ratio`` (about 1 = as new as real cells). Arms: SCLD's default sampler, the latent Gaussian
-itself, and the Gaussian start at ``s`` in 0.2, 0.4, 0.6, 0.8 (DDIM over ``round(10 s)`` steps,
-at least 3). Differences paired by seed (mean over the three types per seed), 95 % t interval.
+``dcr_ratio`` (about 1 = as new as real cells). Differences paired by seed (mean over the three
+types per seed), 95 % t interval.
 
-Seeds: ``--seeds 0 1 2`` is the development run where ``s`` would be chosen; the reporting run
-uses 10-14. Both runs of a report come from one invocation:
+Seeds: ``--seeds 0 1 2`` is the development run where a variant would be chosen; the reporting
+run uses 10-14. Both runs of a report come from one invocation:
 
-    SCAUG_DATA_DIR=../shared/data python benchmarks/gaussian_start.py          # 0-2 and 10-14
-    SCAUG_DATA_DIR=../shared/data python benchmarks/gaussian_start.py --quick  # smoke test
+    SCAUG_DATA_DIR=../shared/data python benchmarks/sampler_variants.py          # 0-2 and 10-14
+    SCAUG_DATA_DIR=../shared/data python benchmarks/sampler_variants.py --quick  # smoke test
 
-writes gaussian_start.md and gaussian_start.json into --out-dir (default docs/).
+writes sampler_variants.md and sampler_variants.json into --out-dir (default docs/).
 """
 
 from __future__ import annotations
@@ -45,9 +54,16 @@ from scaug.preprocessing import NormalizeLog1p  # noqa: E402
 
 DEFAULT, GAUSSIAN = "SCLD default sampler", "latent Gaussian"
 STRENGTHS = (0.2, 0.4, 0.6, 0.8)
-FULL = dict(ae={}, scld={}, n_heldout=300)
+#: arm -> SCLD.sample options
+GUIDED = {"type check (w=1, screening)": dict(screening=True),
+          "CFG w=0.75": dict(guidance_scale=0.75),
+          "CFG w=0.5": dict(guidance_scale=0.5),
+          "CFG w=0.75, type check": dict(guidance_scale=0.75, screening=True),
+          "CFG w=0.5, type check": dict(guidance_scale=0.5, screening=True)}
+FULL = dict(ae={}, scld=dict(latent_classifier=True), n_heldout=300)
 QUICK = dict(ae=dict(n_latent=4, hidden=(32,), max_epochs=2),
-             scld=dict(n_latent=4, width=16, depth=1, max_epochs=2, diffusion_steps=200),
+             scld=dict(n_latent=4, width=16, depth=1, max_epochs=2, diffusion_steps=200,
+                       latent_classifier=True),
              n_heldout=40)
 
 
@@ -102,11 +118,16 @@ def run_seed(X, y, seed, settings, verbose):
         for s in STRENGTHS:
             arms[start_arm(s)] = decode(model, denoise_from(model, code, start, s, gen), code,
                                         rng, gen)
+        accepted = {}
+        for arm, options in GUIDED.items():  # each its own seeded stream: the arms above stay
+            arms[arm] = model.sample({t: n}, random_state=seed, **options)[0]
+            accepted[arm] = model.sampling_report_[t]["acceptance_rate"]
         rows.append(dict(seed=seed, type=t, arm="held-out vs held-out", c2st_auc=metrics.c2st_auc(
             X_log[held[: n // 2]], X_log[held[n // 2:]], random_state=seed)))
         for arm, Xs in arms.items():
             syn = norm.transform(Xs)
             rows.append(dict(seed=seed, type=t, arm=arm, n_heldout=n,
+                             acceptance_rate=accepted.get(arm),
                              **realism(X_log[held], X_log[own], syn, seed)))
             print(f"seed {seed} {t:12} {arm:24} c2st {rows[-1]['c2st_auc']:.3f}", flush=True)
     return rows
@@ -123,25 +144,28 @@ def against(mine, other, same):
 def table(rows, seeds):
     reference = "held-out vs held-out"
     lines = ["| arm | two-sample AUC, mean ± sd | minus the Gaussian's [95 % CI] | minus the default's "
-             "[95 % CI] | dcr_ratio |", "|---|---|---|---|---|"]
+             "[95 % CI] | dcr_ratio | type check's acceptance |", "|---|---|---|---|---|---|"]
     gauss, default = arm_means(rows, GAUSSIAN, seeds), arm_means(rows, DEFAULT, seeds)
-    for arm in [DEFAULT, GAUSSIAN, *map(start_arm, STRENGTHS), reference]:
+    for arm in [DEFAULT, GAUSSIAN, *map(start_arm, STRENGTHS), *GUIDED, reference]:
         mine = arm_means(rows, arm, seeds)
         v = np.array(list(mine.values()))
         sd = f" ± {v.std(ddof=1):.3f}" if len(v) > 1 else ""
         dcr = [r["dcr_ratio"] for r in rows if r["arm"] == arm and r["seed"] in seeds
                and "dcr_ratio" in r]
+        acc = [r["acceptance_rate"] for r in rows if r["arm"] == arm and r["seed"] in seeds
+               and r.get("acceptance_rate") is not None and GUIDED.get(arm, {}).get("screening")]
         lines.append(f"| {arm} | {v.mean():.3f}{sd} | "
                      f"{against(mine, gauss, arm in (GAUSSIAN, reference))} | "
                      f"{against(mine, default, arm in (DEFAULT, reference))} | "
-                     f"{f'{np.mean(dcr):.2f}' if dcr else ''} |")
+                     f"{f'{np.mean(dcr):.2f}' if dcr else ''} | "
+                     f"{f'{np.mean(acc):.2f}' if acc else ''} |")
     return lines
 
 
 def run(quick, verbose):
     settings = QUICK if quick else FULL
     runs = ([("quick", [0])] if quick else
-            [("Development seeds (where s would be chosen)", list(DEV_SEEDS)),
+            [("Development seeds (where a variant would be chosen)", list(DEV_SEEDS)),
              ("Reporting seeds (never used for a choice)", list(REPORT_SEEDS))])
     X, y = load_counts("cbmc")
     rows = [r for _, seeds in runs for seed in seeds for r in run_seed(X, y, seed, settings, verbose)]
@@ -149,7 +173,7 @@ def run(quick, verbose):
 
 
 def render(payload):
-    lines = [*intro("Starting the diffusion from the type's latent Gaussian", "gaussian_start.py", payload),
+    lines = [*intro("Variants of SCLD's sampler for a 10-shot type", "sampler_variants.py", payload),
              "A lower two-sample AUC is more realistic (0.5: indistinguishable from held-out real "
              "cells); differences are paired by seed, a win or loss only when the 95 % interval "
              "excludes zero.", ""]
@@ -159,4 +183,4 @@ def render(payload):
 
 
 if __name__ == "__main__":
-    one_report_main(__doc__, "gaussian_start", run, render)
+    one_report_main(__doc__, "sampler_variants", run, render)
