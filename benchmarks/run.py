@@ -5,8 +5,10 @@
     SCAUG_DATA_DIR=../shared/data python benchmarks/run.py --full    # reporting seeds: the docs
     SCAUG_DATA_DIR=../shared/data python benchmarks/run.py --full --estimate   # its cost first
 
-``--full`` writes ``docs/downstream/downstream.md``, ``docs/fidelity.md`` and
-``docs/fidelity_10shot.md`` (each with its JSON); ``--quick`` and ``--dev`` write to
+``--full`` writes ``docs/downstream/downstream.md`` (five data sets, the headline regime ``cap10``,
+XGBoost, logistic regression and 5-NN), ``docs/fidelity.md`` and ``docs/fidelity_10shot.md``
+(cbmc and pbmc68k_reduced), each with its JSON: the README's headline tables, about 4 and 1 CPU
+hours on a 2-core machine (``--estimate`` is pessimistic); ``--quick`` and ``--dev`` write to
 ``benchmarks/.cache/reports-<mode>/`` unless ``--out-dir`` says otherwise. Every entry is cached
 by its full settings and the code's hash, so an interrupted run resumes where it stopped, and a
 subset runs alone: ``--experiments``, ``--datasets``, ``--seeds``, ``--augmenters``,
