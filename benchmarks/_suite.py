@@ -542,6 +542,21 @@ def intro(title: str, script: str, payload: dict) -> list[str]:
             f"docstring of `benchmarks/{script}`."]
 
 
+def seed_runs(quick: bool, chosen: str) -> list:
+    """The runs of a one-report benchmark: ``(title, seeds)`` for the development seeds, where
+    ``chosen`` would be chosen, and the reporting seeds; seed 0 alone in quick mode."""
+    if quick:
+        return [("quick", [0])]
+    return [(f"Development seeds (where {chosen} would be chosen)", list(DEV_SEEDS)),
+            ("Reporting seeds (never used for a choice)", list(REPORT_SEEDS))]
+
+
+def run_sections(payload: dict, table) -> list[str]:
+    """A section per run of ``payload["runs"]``: its title and ``table(rows, seeds)``."""
+    return [line for title, seeds in payload["runs"]
+            for line in (f"## {title}: seeds {seeds}", "", *table(payload["rows"], seeds), "")]
+
+
 def one_report_main(doc: str, name: str, run, render, argv=None, add_arguments=None) -> None:
     """Parse ``--quick``, ``--out-dir``, ``--quiet`` and ``--render``; run the benchmark or
     re-render its saved JSON; write ``name.md`` and ``name.json`` into the output folder.

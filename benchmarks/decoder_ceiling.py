@@ -45,7 +45,7 @@ from sklearn.model_selection import train_test_split
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import load_counts  # noqa: E402
-from _suite import DEV_SEEDS, REPORT_SEEDS, fmt_diff, intro, one_report_main, paired  # noqa: E402
+from _suite import fmt_diff, intro, one_report_main, paired, run_sections, seed_runs  # noqa: E402
 
 from scaug import CellAutoencoder, metrics  # noqa: E402
 from scaug.preprocessing import NormalizeLog1p  # noqa: E402
@@ -192,9 +192,7 @@ def add_arguments(p):
 def run(quick, verbose, args):
     settings = QUICK if quick else FULL
     variants = {v: VARIANTS[v] for v in VARIANTS if v == DEFAULT or v in args.variants}
-    runs = ([("quick", [0])] if quick else
-            [("Development seeds (where a variant would be chosen)", list(DEV_SEEDS)),
-             ("Reporting seeds (never used for a choice)", list(REPORT_SEEDS))])
+    runs = seed_runs(quick, "a variant")
     X, y = load_counts("cbmc")
     rows = [r for _, seeds in runs for seed in seeds
             for r in run_seed(X, y, seed, settings, verbose, variants)]
@@ -206,10 +204,8 @@ def render(payload):
                     "decoder_ceiling.py", payload),
              "Differences are paired by seed; a win or loss only when the 95 % interval excludes "
              "zero.", ""]
-    for title, seeds in payload["runs"]:
-        lines += [f"## {title}: seeds {seeds}", "",
-                  *tables(payload["rows"], seeds, payload["variants"]), ""]
-    return "\n".join(lines)
+    sections = run_sections(payload, lambda rows, seeds: tables(rows, seeds, payload["variants"]))
+    return "\n".join([*lines, *sections])
 
 
 if __name__ == "__main__":

@@ -213,9 +213,7 @@ def tables(rows, seeds):
 
 def run(quick, verbose):
     settings = QUICK if quick else FULL
-    runs = ([("quick", [0])] if quick else
-            [("Development seeds (where screening would be chosen)", list(S.DEV_SEEDS)),
-             ("Reporting seeds (never used for a choice)", list(S.REPORT_SEEDS))])
+    runs = S.seed_runs(quick, "screening")
     X, y = load_counts("cbmc")
     rows = [r for _, seeds in runs for seed in seeds for r in run_seed(X, y, seed, settings, verbose)]
     return {"settings": settings, "runs": runs, "rows": rows}
@@ -226,9 +224,7 @@ def render(payload):
                     payload),
              "Differences are paired by seed, a win or loss only when the 95 % interval excludes "
              "zero.", ""]
-    for title, seeds in payload["runs"]:
-        lines += [f"## {title}: seeds {seeds}", "", *tables(payload["rows"], seeds), ""]
-    return "\n".join(lines)
+    return "\n".join([*lines, *S.run_sections(payload, tables)])
 
 
 if __name__ == "__main__":

@@ -47,7 +47,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import load_counts, realism, ten_shot_model  # noqa: E402
-from _suite import DEV_SEEDS, REPORT_SEEDS, arm_means, fmt_diff, intro, one_report_main, paired  # noqa: E402
+from _suite import arm_means, fmt_diff, intro, one_report_main, paired, run_sections, seed_runs  # noqa: E402
 
 from scaug import metrics, sampling  # noqa: E402
 from scaug.preprocessing import NormalizeLog1p  # noqa: E402
@@ -164,9 +164,7 @@ def table(rows, seeds):
 
 def run(quick, verbose):
     settings = QUICK if quick else FULL
-    runs = ([("quick", [0])] if quick else
-            [("Development seeds (where a variant would be chosen)", list(DEV_SEEDS)),
-             ("Reporting seeds (never used for a choice)", list(REPORT_SEEDS))])
+    runs = seed_runs(quick, "a variant")
     X, y = load_counts("cbmc")
     rows = [r for _, seeds in runs for seed in seeds for r in run_seed(X, y, seed, settings, verbose)]
     return {"settings": settings, "runs": runs, "rows": rows}
@@ -177,9 +175,7 @@ def render(payload):
              "A lower two-sample AUC is more realistic (0.5: indistinguishable from held-out real "
              "cells); differences are paired by seed, a win or loss only when the 95 % interval "
              "excludes zero.", ""]
-    for title, seeds in payload["runs"]:
-        lines += [f"## {title}: seeds {seeds}", "", *table(payload["rows"], seeds), ""]
-    return "\n".join(lines)
+    return "\n".join([*lines, *run_sections(payload, table)])
 
 
 if __name__ == "__main__":
