@@ -108,9 +108,10 @@ class GaussianDiffusion:
             selected = logp[torch.arange(len(y), device=z.device), y].sum()
             return torch.autograd.grad(selected, z)[0]
 
-    def timesteps(self, n_sample_steps: int) -> list[int]:
-        n = max(1, min(int(n_sample_steps), self.n_steps))
-        return [int(round(x)) for x in np.linspace(self.n_steps, 0, n + 1)]
+    def timesteps(self, n_sample_steps: int, start: int | None = None) -> list[int]:
+        start = self.n_steps if start is None else int(start)
+        n = max(1, min(int(n_sample_steps), start))
+        return [int(round(x)) for x in np.linspace(start, 0, n + 1)]
 
     @torch.no_grad()
     def sample(
@@ -126,8 +127,13 @@ class GaussianDiffusion:
         n_sample_steps: int = 50,
         method: str = "ddim",
         step_noise: Callable[[tuple], torch.Tensor] | None = None,
+        start_step: int | None = None,
     ) -> torch.Tensor:
         """Run the reverse process from ``noise`` (latents at time T) to clean latents.
+
+        ``start_step`` (1 to T) starts from latents at that time instead, such as real or drawn
+        latents noised by :meth:`q_sample` (SDEdit, Meng et al. 2022): the process then keeps
+        what the noise has not covered.
 
         ``method="ddim"`` is deterministic given ``noise`` (DDIM, eta = 0) over ``n_sample_steps``;
         ``method="ancestral"`` is the stochastic DDPM sampler over the same (possibly strided)
@@ -138,8 +144,10 @@ class GaussianDiffusion:
         """
         if method not in SAMPLERS:
             raise ValueError(f"method must be one of {SAMPLERS}; got {method!r}.")
+        if start_step is not None and not 1 <= int(start_step) <= self.n_steps:
+            raise ValueError(f"start_step must be in [1, {self.n_steps}]; got {start_step!r}.")
         z = noise
-        times = self.timesteps(n_sample_steps)
+        times = self.timesteps(n_sample_steps, start_step)
         abar_all = self.alpha_bar.to(z.device)
         x0_prev, lam_prev = None, None
         for t_now, t_next in zip(times[:-1], times[1:], strict=True):

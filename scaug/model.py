@@ -130,6 +130,13 @@ class SCLD(BaseEstimator):
         Classifier-guidance scale (post-guidance); 0, the default, switches it off. It steers
         samples toward the type's decision region and away from realistic cells
         (``docs/archive/fidelity_10shot.md``).
+    refinement : float in [0, 1), default=0.0
+        Post-guidance by the unconditional model: each drawn latent is noised to time
+        ``refinement * T`` and denoised without its type (SDEdit), which moves it toward where
+        the model learned real cells lie. That knowledge is what a type's few labelled cells
+        lack when the model also learned the many unlabelled cells (``-1``) of a partly
+        annotated data set; 0 switches it off. See ``docs/refinement.md`` for what it does to
+        10-shot types.
     screening : bool, default=False
         Post-guidance screening: keep a synthetic cell only if the latent classifier gives the
         target type at least ``screening_threshold`` and its nearest real latent of the type is
@@ -265,6 +272,7 @@ class SCLD(BaseEstimator):
         "latent_centering": [StrOptions({"global", "type"})],
         "guidance_scale": [_utils.Interval(Real, 0, None, closed="left")],
         "classifier_scale": [_utils.Interval(Real, 0, None, closed="left")],
+        "refinement": [_utils.Interval(Real, 0, 1, closed="left")],
         "screening": ["boolean"],
         "screening_threshold": [_utils.Interval(Real, 0, 1, closed="left")],
         "screening_quantile": [_utils.Interval(Real, 0, 1, closed="right")],
@@ -289,7 +297,7 @@ class SCLD(BaseEstimator):
                  max_epochs=None, diffusion_steps=None, batch_size=256, learning_rate=1e-3,
                  label_dropout=0.15, latent_smoothing=4.0, latent_centering="global",
                  guidance_scale=1.0, classifier_scale=0.0,
-                 screening=False, screening_threshold=0.5, screening_quantile=0.9,
+                 refinement=0.0, screening=False, screening_threshold=0.5, screening_quantile=0.9,
                  screening_tolerance=1.0, max_rounds=10, n_sample_steps=10, sampler="dpm-solver++",
                  latent_classifier="auto", early_stopping=True, validation_fraction=0.1,
                  n_iter_no_change=5, tol=1e-3, trainer_kwargs=None, cpu_threads=1,
@@ -309,6 +317,7 @@ class SCLD(BaseEstimator):
         self.latent_centering = latent_centering
         self.guidance_scale = guidance_scale
         self.classifier_scale = classifier_scale
+        self.refinement = refinement
         self.screening = screening
         self.screening_threshold = screening_threshold
         self.screening_quantile = screening_quantile
@@ -580,7 +589,7 @@ class SCLD(BaseEstimator):
     # -- sampling ------------------------------------------------------------------------------
     @_utils.with_cpu_threads
     def sample(self, n, *, conditions=None, condition_scales=None, random_state=None,
-               guidance_scale=None, classifier_scale=None, screening=None,
+               guidance_scale=None, classifier_scale=None, refinement=None, screening=None,
                screening_threshold=None, n_sample_steps=None, sampler=None, batch_size=4096,
                max_cells=1_000_000):
         """Synthesize cells.
@@ -614,7 +623,8 @@ class SCLD(BaseEstimator):
             this form).
         random_state : int, RandomState instance or None, default=None
             Seeds the sampling noise; ``None`` falls back to the model's ``random_state``.
-        guidance_scale, classifier_scale, screening, screening_threshold, n_sample_steps, sampler
+        guidance_scale, classifier_scale, refinement, screening, screening_threshold, \
+n_sample_steps, sampler
             Override the model's settings for this call (``None`` keeps them).
         batch_size : int, default=4096
             Cells per batch on the device (memory is bounded by it).
@@ -649,7 +659,8 @@ class SCLD(BaseEstimator):
         """
         check_is_fitted(self, "denoiser_")
         opts = {k: getattr(self, k) if v is None else v for k, v in dict(
-            guidance_scale=guidance_scale, classifier_scale=classifier_scale, screening=screening,
+            guidance_scale=guidance_scale, classifier_scale=classifier_scale,
+            refinement=refinement, screening=screening,
             screening_threshold=screening_threshold, n_sample_steps=n_sample_steps,
             sampler=sampler).items()}
         _utils.validate_against(self, opts)
@@ -742,13 +753,20 @@ class SCLD(BaseEstimator):
 
         def draw(code, attrs, m):
             offset = self.type_summaries_.mean[code].astype(np.float32) if centred else 0.0
-            return offset + sampling.draw_latents(
+            Z = sampling.draw_latents(
                 self.diffusion_, self.denoiser_, self.classifier_, code=code, n=m,
                 n_latent=n_latent, labelled=labelled, null=null, gen=gen,
                 device=self.device_, guidance_scale=float(opts["guidance_scale"]),
                 classifier_scale=float(opts["classifier_scale"]),
                 n_sample_steps=int(opts["n_sample_steps"]), sampler=opts["sampler"],
                 batch_size=batch_size, attributes=attrs, attribute_scales=scales)
+            if opts["refinement"] > 0:
+                Z = sampling.refine_latents(
+                    self.diffusion_, self.denoiser_, Z, strength=float(opts["refinement"]),
+                    null=null, attributes=attrs, gen=gen, device=self.device_,
+                    n_sample_steps=int(opts["n_sample_steps"]), sampler=opts["sampler"],
+                    batch_size=batch_size)
+            return offset + Z
 
         pairs = self._pair_counts() if names else {}
         report, blocks_z, blocks_y, unseen = {}, [], [], []

@@ -174,6 +174,36 @@ def draw_latents(diffusion, denoiser, classifier, *, code, n, n_latent, labelled
     return np.concatenate(out) if out else np.zeros((0, n_latent), np.float32)
 
 
+def refine_latents(diffusion, denoiser, Z, *, strength, null, attributes, gen, device,
+                   n_sample_steps, sampler, batch_size=4096):
+    """Post-guidance by the unconditional model: ``Z`` (standardised latents) noised to time
+    ``strength * T`` and run back to time 0 without their type (SDEdit, Meng et al. 2022).
+
+    The null label's model learned where every training cell lies, the unlabelled ones included;
+    what ``strength`` of the noise covers is redrawn toward that, the rest of each latent kept.
+    ``attributes`` (one code per attribute, or None) stay as they were drawn. The noise comes
+    from the CPU generator ``gen``; the sampler runs ``max(3, ceil(strength * n_sample_steps))``
+    steps, ``batch_size`` latents at a time.
+    """
+    start = max(1, int(round(strength * diffusion.n_steps)))
+    steps = max(3, int(np.ceil(strength * n_sample_steps)))
+    out = []
+    for first in range(0, len(Z), batch_size):
+        z0 = torch.as_tensor(Z[first:first + batch_size], device=device)
+        m = len(z0)
+        t = torch.full((m,), start, device=device, dtype=torch.long)
+        z_t = diffusion.q_sample(z0, t, torch.randn((m, z0.shape[1]), generator=gen).to(device))
+        y = torch.full((m,), null, device=device, dtype=torch.long)
+        if attributes is not None:
+            codes = torch.as_tensor(np.asarray(attributes, dtype=np.int64), device=device)
+            y = torch.cat([y[:, None], codes.expand(m, -1)], dim=1)
+        z = diffusion.sample(denoiser, y, z_t, null_label=null, n_sample_steps=steps,
+                             method=sampler, start_step=start,
+                             step_noise=lambda shape: torch.randn(shape, generator=gen))
+        out.append(z.cpu().numpy())
+    return np.concatenate(out) if out else np.asarray(Z, dtype=np.float32)
+
+
 # -- conditions: donor, batch, sample ... ---------------------------------------------------------
 #: column names of :attr:`scaug.SCLD.condition_counts_` that an attribute may not take
 RESERVED_CONDITION_NAMES = ("cell_type", "n_cells")
