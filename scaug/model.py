@@ -119,8 +119,10 @@ class SCLD(BaseEstimator):
         the within-type variation becomes one distribution learned from every cell, which a
         type's label only adjusts, and ``guidance_scale`` below 1 mixes in that pooled variation
         instead of pulling cells toward the common types. Every cell must then be labelled (no
-        ``-1``). On 10-shot types it is no more realistic than the default
-        (``docs/sampler_variants.md``).
+        ``-1``). On 10-shot types with ``guidance_scale=0.5`` its latents are closer to
+        held-out cells than the default's and than a Gaussian's of the type's latents (latent
+        two-sample AUC 0.864 against 0.886 and 0.883), its decoded cells no more realistic
+        (0.800 against 0.799 and 0.813): ``docs/sampler_variants.md``.
     guidance_scale : float, default=1.0
         Classifier-free guidance weight ``w`` in ``eps_u + w * (eps_c - eps_u)``; 1 is plain
         conditional sampling (the default: on 10-shot types, ``w=2`` made cells easier to tell

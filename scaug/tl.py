@@ -40,8 +40,8 @@ import pandas as pd
 import scipy.sparse as sp
 
 #: :meth:`SCLD.sample` options that may be changed on a fitted model
-SAMPLE_OPTIONS = ("guidance_scale", "classifier_scale", "screening", "screening_threshold",
-                  "n_sample_steps", "sampler")
+SAMPLE_OPTIONS = ("guidance_scale", "classifier_scale", "refinement", "screening",
+                  "screening_threshold", "n_sample_steps", "sampler")
 
 __all__ = ["augment", "fit", "sample"]
 
@@ -365,8 +365,8 @@ def augment(adata, labels_key, *, batch_key=None, layer=None, sampling_strategy=
     **params
         For a new model, parameters of :class:`~scaug.SCLD` (e.g. ``max_epochs``,
         ``n_latent``). For a reused one, only the sampling options ``guidance_scale``,
-        ``classifier_scale``, ``screening``, ``screening_threshold``, ``n_sample_steps`` and
-        ``sampler``.
+        ``classifier_scale``, ``refinement``, ``screening``, ``screening_threshold``,
+        ``n_sample_steps`` and ``sampler``.
 
     Returns
     -------

@@ -89,3 +89,28 @@ def test_unknown_method_is_refused():
         diffusion.sample(ExactDenoiser(diffusion), torch.zeros(2, dtype=torch.long),
                          torch.zeros(2, 3), null_label=2, method="euler")
     assert "dpm-solver++" in SAMPLERS
+
+
+def test_start_step_keeps_what_the_noise_has_not_covered():
+    diffusion = GaussianDiffusion(1000)
+    gen = torch.Generator().manual_seed(3)
+    model = ExactDenoiser(diffusion)
+    z0 = MU + 3.0 + SD * torch.randn((20000, 3), generator=gen)  # the data of label 1
+    means = {}
+    for start in (100, 400, 1000):
+        t = torch.full((len(z0),), start, dtype=torch.long)
+        z_t = diffusion.q_sample(z0, t, torch.randn(z0.shape, generator=gen))
+        # with its own label the exact model returns the data distribution from any time
+        same = diffusion.sample(model, torch.ones(len(z0), dtype=torch.long), z_t, null_label=2,
+                                n_sample_steps=30, start_step=start)
+        np.testing.assert_allclose(same.mean(0), MU + 3.0, atol=0.05)
+        np.testing.assert_allclose(same.std(0), SD, rtol=0.1)
+        # with label 0 the part the noise covered moves toward label 0's data, and only that part
+        other = diffusion.sample(model, torch.zeros(len(z0), dtype=torch.long), z_t, null_label=2,
+                                 n_sample_steps=30, start_step=start)
+        means[start] = float((other.mean(0) - MU).mean())
+    assert 3.0 > means[100] > means[400] > means[1000], means  # 3.0: where the data started
+    assert abs(means[1000]) < 0.05  # from time T: label 0's data whatever the start
+    with pytest.raises(ValueError, match="start_step"):
+        diffusion.sample(model, torch.zeros(2, dtype=torch.long), z0[:2], null_label=2,
+                         start_step=0)
