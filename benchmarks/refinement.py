@@ -179,8 +179,10 @@ def run(quick, verbose, args):
 
 
 def render(payload):
-    lines = [*intro("Post-guidance by the unconditional model (refinement) for a 10-shot type",
-                    "refinement.py", payload),
+    title = "Post-guidance by the unconditional model (refinement) for a 10-shot type"
+    if payload["settings"]["ae"].get("match_detection"):
+        title += ", through the detection-matched autoencoder"
+    lines = [*intro(title, "refinement.py", payload),
              "A lower two-sample AUC is more realistic (0.5: indistinguishable from held-out real "
              "cells); differences are paired by seed, a win or loss only when the 95 % interval "
              "excludes zero.", ""]
