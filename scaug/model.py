@@ -144,8 +144,8 @@ class SCLD(BaseEstimator):
         cells toward the common types (``docs/refinement.md``). Through an autoencoder with
         ``match_detection=True`` the decoded cells are clearly more realistic too: 0.711
         against 0.748 unrefined and 0.754 for a Gaussian of the type's latents
-        (``docs/refinement_detection``), though a Gaussian of the type's labelled and
-        label-spread latents (scikit-learn's ``LabelSpreading``) does better still (0.675). Off
+        (``docs/refinement_detection``), though spreading the labels to the unlabelled cells
+        (scikit-learn's ``LabelSpreading``) and fitting SCLD on them does better (0.630). Off
         by default: with the default decoder, or without unlabelled cells, the counts are not
         clearly more realistic.
     screening : bool, default=False
