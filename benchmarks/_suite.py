@@ -551,6 +551,23 @@ def seed_runs(quick: bool, chosen: str) -> list:
             ("Reporting seeds (never used for a choice)", list(REPORT_SEEDS))]
 
 
+def cbmc_seed_rows(quick: bool, chosen: str, run_seed, *args) -> dict:
+    """The payload of a one-report cbmc benchmark: ``run_seed(X, y, seed, *args)``'s rows over
+    the ``seed_runs`` (development and reporting seeds, or seed 0 in quick mode)."""
+    from _common import load_counts
+
+    runs = seed_runs(quick, chosen)
+    X, y = load_counts("cbmc")
+    return {"runs": runs, "rows": [r for _, seeds in runs for seed in seeds
+                                   for r in run_seed(X, y, seed, *args)]}
+
+
+#: the reading of a two-sample AUC, for the reports that score realism
+REALISM_READING = ("A lower two-sample AUC is more realistic (0.5: indistinguishable from held-out "
+                   "real cells); differences are paired by seed, a win or loss only when the 95 % "
+                   "interval excludes zero.")
+
+
 def run_sections(payload: dict, table) -> list[str]:
     """A section per run of ``payload["runs"]``: its title and ``table(rows, seeds)``."""
     return [line for title, seeds in payload["runs"]

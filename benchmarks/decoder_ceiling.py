@@ -44,8 +44,7 @@ from scipy.stats import spearmanr
 from sklearn.model_selection import train_test_split
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import load_counts  # noqa: E402
-from _suite import fmt_diff, intro, one_report_main, paired, run_sections, seed_runs  # noqa: E402
+from _suite import cbmc_seed_rows, fmt_diff, intro, one_report_main, paired, run_sections  # noqa: E402
 
 from scaug import CellAutoencoder, metrics  # noqa: E402
 from scaug.preprocessing import NormalizeLog1p  # noqa: E402
@@ -192,11 +191,8 @@ def add_arguments(p):
 def run(quick, verbose, args):
     settings = QUICK if quick else FULL
     variants = {v: VARIANTS[v] for v in VARIANTS if v == DEFAULT or v in args.variants}
-    runs = seed_runs(quick, "a variant")
-    X, y = load_counts("cbmc")
-    rows = [r for _, seeds in runs for seed in seeds
-            for r in run_seed(X, y, seed, settings, verbose, variants)]
-    return {"settings": settings, "variants": variants, "runs": runs, "rows": rows}
+    return {"settings": settings, "variants": variants,
+            **cbmc_seed_rows(quick, "a variant", run_seed, settings, verbose, variants)}
 
 
 def render(payload):

@@ -46,7 +46,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _suite as S  # noqa: E402
-from _common import load_counts, realism, ten_shot_model  # noqa: E402
+from _common import realism, ten_shot_model  # noqa: E402
 
 from scaug.preprocessing import NormalizeLog1p  # noqa: E402
 
@@ -213,10 +213,8 @@ def tables(rows, seeds):
 
 def run(quick, verbose):
     settings = QUICK if quick else FULL
-    runs = S.seed_runs(quick, "screening")
-    X, y = load_counts("cbmc")
-    rows = [r for _, seeds in runs for seed in seeds for r in run_seed(X, y, seed, settings, verbose)]
-    return {"settings": settings, "runs": runs, "rows": rows}
+    return {"settings": settings,
+            **S.cbmc_seed_rows(quick, "screening", run_seed, settings, verbose)}
 
 
 def render(payload):

@@ -57,8 +57,8 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import load_counts, realism, semi_supervised_split  # noqa: E402
-from _suite import arm_means, fmt_diff, intro, one_report_main, paired, run_sections, seed_runs  # noqa: E402
+import _suite as S  # noqa: E402
+from _common import realism, semi_supervised_split  # noqa: E402
 from sampler_variants import decode, standardised, type_gaussian  # noqa: E402
 from sklearn.covariance import LedoitWolf  # noqa: E402
 from sklearn.semi_supervised import LabelSpreading  # noqa: E402
@@ -141,24 +141,24 @@ def run_seed(X, y, seed, settings, verbose):
     return rows
 
 
-def against(mine, other, metric="c2st_auc"):
-    p = paired(mine, other, higher_is_better=False)
-    return f"{fmt_diff(p)} ({p['verdict']})"
+def against(mine, other):
+    p = S.paired(mine, other, higher_is_better=False)
+    return f"{S.fmt_diff(p)} ({p['verdict']})"
 
 
 def table(rows, seeds):
     lines = ["| arm | two-sample AUC, mean ± sd | minus the fit's default [95 % CI] | minus the "
              "Gaussian's [95 % CI] | latent AUC | dcr_ratio |", "|---|---|---|---|---|---|"]
-    gauss = arm_means(rows, GAUSSIAN, seeds)
+    gauss = S.arm_means(rows, GAUSSIAN, seeds)
     names = [arm(fit, s) for fit in FITS for s in (0.0, *STRENGTHS)]
     for name in [*names, GAUSSIAN, BOOTSTRAP, SPREAD, SPREAD_SCLD, DECODED, REFERENCE]:
         if not any(r["arm"] == name for r in rows):  # a report from before the arm existed
             continue
-        mine = arm_means(rows, name, seeds)
+        mine = S.arm_means(rows, name, seeds)
         v = np.array(list(mine.values()))
         sd = f" ± {v.std(ddof=1):.3f}" if len(v) > 1 else ""
         fit = next((f for f in FITS if name.startswith(f)), None)
-        own_default = (against(mine, arm_means(rows, arm(fit), seeds))
+        own_default = (against(mine, S.arm_means(rows, arm(fit), seeds))
                        if fit and name != arm(fit) else "")
         mine_rows = [r for r in rows if r["arm"] == name and r["seed"] in seeds]
         lat = [r["latent_auc"] for r in mine_rows if r.get("latent_auc") is not None]
@@ -184,15 +184,15 @@ def choice(payload) -> list[str]:
              "|---|---|---|---|---|"]
     for fit in FITS:
         chosen = min((arm(fit, s) for s in STRENGTHS),
-                     key=lambda a: np.mean(list(arm_means(rows, a, dev).values())))
+                     key=lambda a: np.mean(list(S.arm_means(rows, a, dev).values())))
         for other in (arm(fit), GAUSSIAN, BOOTSTRAP, *([SPREAD] if fit == FITS[0] else [])):
             if not any(r["arm"] == other for r in rows):
                 continue
-            cells = [against(arm_means(rows, chosen, seeds, m), arm_means(rows, other, seeds, m))
+            cells = [against(S.arm_means(rows, chosen, seeds, m), S.arm_means(rows, other, seeds, m))
                      for m in ("c2st_auc", "latent_auc")]
             lines.append(f"| {fit} | {chosen} | {other} | {cells[0]} | {cells[1]} |")
     if any(r["arm"] == SPREAD_SCLD for r in rows):
-        cells = [against(arm_means(rows, SPREAD_SCLD, seeds, m), arm_means(rows, SPREAD, seeds, m))
+        cells = [against(S.arm_means(rows, SPREAD_SCLD, seeds, m), S.arm_means(rows, SPREAD, seeds, m))
                  for m in ("c2st_auc", "latent_auc")]
         lines.append(f"| label spreading | {SPREAD_SCLD} | {SPREAD} | {cells[0]} | {cells[1]} |")
     return [*lines, ""]
@@ -202,25 +202,20 @@ def run(quick, verbose, args):
     settings = QUICK if quick else FULL
     if args.match_detection:
         settings = {**settings, "ae": {**settings["ae"], "match_detection": True}}
-    runs = seed_runs(quick, "a strength")
-    X, y = load_counts("cbmc")
-    rows = [r for _, seeds in runs for seed in seeds
-            for r in run_seed(X, y, seed, settings, verbose)]
-    return {"settings": settings, "runs": runs, "rows": rows}
+    return {"settings": settings,
+            **S.cbmc_seed_rows(quick, "a strength", run_seed, settings, verbose)}
 
 
 def render(payload):
     title = "Post-guidance by the unconditional model (refinement) for a 10-shot type"
     if payload["settings"]["ae"].get("match_detection"):
         title += ", through the detection-matched autoencoder"
-    lines = [*intro(title, "refinement.py", payload),
-             "A lower two-sample AUC is more realistic (0.5: indistinguishable from held-out real "
-             "cells); differences are paired by seed, a win or loss only when the 95 % interval "
-             "excludes zero.", ""]
-    return "\n".join([*lines, *run_sections(payload, table), *choice(payload)])
+    lines = [*S.intro(title, "refinement.py", payload),
+             S.REALISM_READING, ""]
+    return "\n".join([*lines, *S.run_sections(payload, table), *choice(payload)])
 
 
 if __name__ == "__main__":
-    one_report_main(__doc__, "refinement", run, render, add_arguments=lambda p: p.add_argument(
+    S.one_report_main(__doc__, "refinement", run, render, add_arguments=lambda p: p.add_argument(
         "--match-detection", action="store_true",
         help="pretrain the autoencoder with match_detection=True"))

@@ -66,8 +66,17 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import load_counts, realism, ten_shot_model  # noqa: E402
-from _suite import arm_means, fmt_diff, intro, one_report_main, paired, run_sections, seed_runs  # noqa: E402
+from _common import realism, ten_shot_model  # noqa: E402
+from _suite import (  # noqa: E402
+    REALISM_READING,
+    arm_means,
+    cbmc_seed_rows,
+    fmt_diff,
+    intro,
+    one_report_main,
+    paired,
+    run_sections,
+)
 from sklearn.covariance import LedoitWolf  # noqa: E402
 
 from scaug import SCLD, metrics, sampling  # noqa: E402
@@ -259,18 +268,13 @@ def choice(payload) -> list[str]:
 
 def run(quick, verbose):
     settings = QUICK if quick else FULL
-    runs = seed_runs(quick, "a variant")
-    X, y = load_counts("cbmc")
-    rows = [r for _, seeds in runs for seed in seeds
-            for r in run_seed(X, y, seed, settings, verbose)]
-    return {"settings": settings, "runs": runs, "rows": rows}
+    return {"settings": settings,
+            **cbmc_seed_rows(quick, "a variant", run_seed, settings, verbose)}
 
 
 def render(payload):
     lines = [*intro("Variants of SCLD's sampler for a 10-shot type", "sampler_variants.py", payload),
-             "A lower two-sample AUC is more realistic (0.5: indistinguishable from held-out real "
-             "cells); differences are paired by seed, a win or loss only when the 95 % interval "
-             "excludes zero.", ""]
+             REALISM_READING, ""]
     return "\n".join([*lines, *run_sections(payload, table), *choice(payload)])
 
 

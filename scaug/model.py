@@ -522,9 +522,9 @@ class SCLD(BaseEstimator):
         null = n_classes if classes is not None else 0
         # what the denoiser learns: the latents, or (type centring) their offsets from the
         # type's mean, so that how cells vary within a type is learned from every type at once
-        offset = summaries.mean[codes].astype(np.float32) if self.latent_centering == "type" \
-            else np.zeros_like(Zs)
-        shrunk, spread = _smoothed_bootstrap(Zs - offset, groups, float(self.latent_smoothing))
+        targets = Zs - summaries.mean[codes].astype(np.float32) \
+            if self.latent_centering == "type" else Zs
+        shrunk, spread = _smoothed_bootstrap(targets, groups, float(self.latent_smoothing))
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), \
                 _utils.flush_denormal():
             torch.manual_seed(seed + 1)
@@ -541,7 +541,7 @@ class SCLD(BaseEstimator):
                                 label_dropout=self.label_dropout, conditional=classes is not None,
                                 learning_rate=self.learning_rate, n_steps=n_steps, seed=seed + 1,
                                 validation=None if rows is None
-                                else ((Zs - offset)[validation], train_codes[validation]))
+                                else (targets[validation], train_codes[validation]))
             data = MinibatchData([shrunk, spread, train_codes], batch_size=int(self.batch_size),
                                  seed=seed + 1, n_batches=n_steps, rows=rows,
                                  draw=BalancedDraws(codes if rows is None else codes[rows]))

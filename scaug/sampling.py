@@ -185,6 +185,8 @@ def refine_latents(diffusion, denoiser, Z, *, strength, null, attributes, gen, d
     from the CPU generator ``gen``; the sampler runs ``max(3, ceil(strength * n_sample_steps))``
     steps, ``batch_size`` latents at a time.
     """
+    if not 0 < strength < 1:
+        raise ValueError(f"strength must be in (0, 1); got {strength!r}.")
     start = max(1, int(round(strength * diffusion.n_steps)))
     steps = max(3, int(np.ceil(strength * n_sample_steps)))
     out = []

@@ -7,7 +7,7 @@ import scipy.sparse as sp
 import torch
 from sklearn.neighbors import KNeighborsClassifier
 
-from scaug import SCLD, CellAutoencoder
+from scaug import SCLD, CellAutoencoder, sampling
 from scaug.datasets import simulate
 from scaug.preprocessing import NormalizeLog1p
 
@@ -420,3 +420,7 @@ def test_refinement_moves_cells_toward_the_unconditional_model(fitted, data):
     # the null label learned every type (balanced), so a strong refinement forgets the type;
     # measured: 0.995 unrefined, 0.96 at 0.3, 0.31 at 0.9
     assert share[0.0] > 0.8 and share[0.9] < share[0.3] - 0.2, share
+    with pytest.raises(ValueError, match="strength must be in"):
+        sampling.refine_latents(fitted.diffusion_, fitted.denoiser_, np.zeros((2, 8), np.float32),
+                                strength=1.5, null=0, attributes=None, gen=None, device="cpu",
+                                n_sample_steps=10, sampler="ddim")
