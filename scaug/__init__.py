@@ -26,17 +26,20 @@ _LAZY = {
     "datasets": ("datasets", None),
     "preprocessing": ("preprocessing", None),
     "metrics": ("metrics", None),
+    "evaluation": ("evaluation", None),
+    "load": ("io", "load"),
     "tl": ("tl", None),
     "pl": ("pl", None),
 }
 
 __all__ = ["SCLD", "SCLDOverSampler", "LatentOverSampler", "CellAutoencoder", "OnDiskCells",
-           "datasets", "preprocessing", "metrics", "tl", "pl", "__version__"]
+           "load", "datasets", "preprocessing", "metrics", "evaluation", "tl", "pl", "__version__"]
 
 if TYPE_CHECKING:  # static tools see the eager imports
-    from . import datasets, metrics, pl, preprocessing, tl
+    from . import datasets, evaluation, metrics, pl, preprocessing, tl
     from .autoencoder import CellAutoencoder
     from .baselines import LatentOverSampler
+    from .io import load
     from .model import SCLD
     from .oversampler import SCLDOverSampler
     from .train.disk import OnDiskCells

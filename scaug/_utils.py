@@ -60,7 +60,14 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
 
 def seed_from(random_state) -> int:
     """Draw one integer seed from anything :func:`sklearn.utils.check_random_state` accepts."""
-    return int(check_random_state(random_state).randint(0, 2**31 - 1))
+    if isinstance(random_state, bool | np.bool_):
+        raise TypeError(f"random_state must be None, an int in [0, 2**32 - 1] or a "
+                        f"numpy RandomState; got the bool {random_state!r}.")
+    try:
+        return int(check_random_state(random_state).randint(0, 2**31 - 1))
+    except (ValueError, TypeError) as err:
+        raise ValueError(f"random_state must be None, an int in [0, 2**32 - 1] or a numpy "
+                         f"RandomState; got {random_state!r} ({err}).") from None
 
 
 def cpu_generator(seed: int) -> torch.Generator:
@@ -70,12 +77,38 @@ def cpu_generator(seed: int) -> torch.Generator:
     return gen
 
 
+#: the largest magnitude float32 holds; scaug's networks compute in float32
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def check_float32_range(values, name: str) -> None:
+    """Refuse finite values that become infinite in float32 (checked in float64 they pass)."""
+    if values.size and values.dtype.kind in "fiu":
+        largest = float(np.max(np.abs(values)))
+        if largest > FLOAT32_MAX:
+            raise ValueError(
+                f"{name} holds values beyond float32's range (largest magnitude {largest:.3g}, "
+                f"float32 holds up to {FLOAT32_MAX:.3g}); scaug computes in float32. Expression "
+                "of that size is not counts or log-expression: check how the matrix was made.")
+
+
 def check_matrix(X, *, name: str = "X", min_rows: int = 1):
     """Validate a cells x genes matrix without copying or densifying it.
 
     Returns a 2-D numeric ndarray or CSR matrix (a CSC/COO input is converted to CSR, which is a
-    re-indexing of the same values, not a densification).
+    re-indexing of the same values, not a densification). Refuses values that float32 cannot
+    hold and a matrix without a single non-zero entry (nothing to learn from).
     """
+    if isinstance(X, str | os.PathLike):
+        raise TypeError(
+            f"{name} is a path ({os.fspath(X)!r}); scaug's estimators take a cells x genes "
+            "matrix. Read the file first (anndata.read_h5ad(path).X), or stream it from disk "
+            "with scaug.OnDiskCells(path, layer=..., labels_key=...).")
+    if getattr(X, "isbacked", False):
+        raise TypeError(
+            f"{name} is a backed AnnData (opened from disk). Stream its cells with "
+            "scaug.OnDiskCells(adata.filename, layer=..., labels_key=...), or load it into "
+            "memory with adata.to_memory().")
     if type(X).__name__ in ("AnnData", "AnnCollection") or hasattr(X, "obs_names"):
         raise TypeError(
             f"{name} is an AnnData; scaug's estimators take a cells x genes matrix. Use "
@@ -100,6 +133,17 @@ def check_matrix(X, *, name: str = "X", min_rows: int = 1):
         )
     if not np.all(np.isfinite(values)):
         raise ValueError(f"{name} contains NaN or infinite values; scaug needs finite expression.")
+    check_float32_range(values, name)
+    if not np.any(values):
+        raise ValueError(
+            f"{name} is zero everywhere ({X.shape[0]} cells x {X.shape[1]} genes): there is no "
+            "expression to learn from. Check that the right matrix or layer was passed.")
+    full = not sp.issparse(X) or X.nnz == X.shape[0] * X.shape[1]
+    if full and X.size > 1 and values.min() == values.max():
+        raise ValueError(
+            f"{name} holds the same value ({float(values.flat[0]):g}) in every entry: every cell and "
+            "gene is identical, so there is nothing to learn. Check that the right matrix or "
+            "layer was passed.")
     return X
 
 
@@ -209,6 +253,14 @@ def check_labels(y, n_cells: int) -> np.ndarray:
             y.dtype == object and any(v is None or v != v for v in y)):
         raise ValueError("y contains missing labels (NaN/None); label every cell, mark the cells "
                          "without a label -1 (SCLD learns from them unlabelled), or drop them.")
+    if y.dtype.kind == "f" and len(y) > 1:
+        from sklearn.utils.multiclass import type_of_target
+
+        if type_of_target(y) == "continuous":
+            raise ValueError(
+                f"y looks continuous ({len(np.unique(y))} distinct non-integer values among "
+                f"{len(y)} cells); SCLD needs class labels (cell types). Pass the cell-type "
+                "column, or integer codes.")
     return y
 
 
@@ -290,8 +342,9 @@ def atomic_save(obj: dict, path, *, overwrite: bool) -> None:
         raise
 
 
-def checked_load(path, *, expected_class: str) -> dict:
-    """Load a file written by :func:`atomic_save` and check its format version and class."""
+def checked_load(path, *, expected_class: str | None, required=()) -> dict:
+    """Load a file written by :func:`atomic_save` and check its format version, class and that
+    it holds every field in ``required`` (a damaged file names what it lacks)."""
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"No saved model at {path!r}.")
@@ -301,7 +354,7 @@ def checked_load(path, *, expected_class: str) -> dict:
         raise ValueError(f"{path!r} is not a scaug model file ({type(err).__name__}: {err}).") from err
     if not isinstance(state, dict) or "format_version" not in state or "class" not in state:
         raise ValueError(f"{path!r} is not a scaug model file.")
-    if state["class"] != expected_class:
+    if expected_class is not None and state["class"] != expected_class:
         raise ValueError(
             f"{path!r} holds a {state['class']}, not a {expected_class}; load it with "
             f"scaug.{state['class']}.load."
@@ -311,7 +364,34 @@ def checked_load(path, *, expected_class: str) -> dict:
             f"{path!r} was written in scaug model format {state['format_version']}, but this "
             f"scaug reads format {FORMAT_VERSION}; re-fit or use the scaug version that wrote it."
         )
+    check_fields(state, required, f"{path!r}", expected_class)
     return state
+
+
+def check_fields(state: dict, required, where: str, what: str) -> None:
+    """Refuse a saved state that lacks fields a loader reads."""
+    missing = [k for k in required if k not in state]
+    if missing:
+        raise ValueError(f"{where} is damaged: it lacks the field(s) {missing} that a saved "
+                         f"{what} holds. Save the model again from the fitted object.")
+
+
+class damaged_file:
+    """Turn what a loader's reconstruction raises on a damaged state (a key, a shape or a type
+    that does not fit) into a ValueError naming the file."""
+
+    def __init__(self, path):
+        self.path = os.fspath(path)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, exc, tb):
+        if kind is not None and issubclass(kind, KeyError | TypeError | RuntimeError | IndexError
+                                           | AttributeError):
+            raise ValueError(f"{self.path!r} is damaged: {type(exc).__name__}: {exc}. Save the "
+                             "model again from the fitted object.") from exc
+        return False
 
 
 def to_plain_list(values) -> list:
@@ -367,15 +447,6 @@ class Interval(_SklearnInterval):
         return not isinstance(val, bool | np.bool_) and super().is_satisfied_by(val)
 
 
-def check_trainer_kwargs(trainer_kwargs) -> None:
-    from .train import RESERVED_TRAINER_KWARGS
-
-    reserved = sorted(set(trainer_kwargs or {}) & RESERVED_TRAINER_KWARGS)
-    if reserved:
-        raise ValueError(f"trainer_kwargs may not set {reserved}: scaug sets them itself (use "
-                         "max_epochs, diffusion_steps and verbose).")
-
-
 def drop_fitted_state(estimator) -> None:
     """Remove every learned attribute (name ending in ``_``), before a fit sets new ones."""
     for key in [k for k in vars(estimator) if k.endswith("_") and not k.startswith("__")]:
@@ -408,6 +479,18 @@ def check_sortable(y: np.ndarray) -> None:
             example = next(v for v in y if not isinstance(v, str))
             raise ValueError(f"y mixes string labels with other values (for example {example!r}); "
                              "give every cell type a label of one kind, e.g. y.astype(str).")
+
+
+def validate_params(estimator) -> None:
+    """Check an estimator's parameters against its ``_parameter_constraints``, always.
+
+    scikit-learn skips the check of an estimator fitted inside another's ``fit`` (its
+    ``_fit_context(prefer_skip_nested_validation=True)``, which imbalanced-learn's
+    ``fit_resample`` uses too), so the SCLD that an oversampler builds, or the autoencoder
+    template of an SCLD, would go unchecked; the check costs microseconds, so scaug's entry
+    points run it whatever that setting says.
+    """
+    estimator._validate_params()
 
 
 def validate_against(estimator, values: dict) -> None:

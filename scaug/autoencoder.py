@@ -23,6 +23,7 @@ from .train import (
     ConvergenceStop,
     MinibatchData,
     OnDiskCells,
+    check_trainer_kwargs,
     fit_plan,
     process_rank,
     validation_split,
@@ -237,6 +238,8 @@ class CellAutoencoder(TransformerMixin, BaseEstimator):
         Training passes over the data; ``None`` picks about 3000 optimiser steps (20 to 200 epochs).
     batch_size : int, default=128
     learning_rate : float, default=1e-3
+        AdamW's learning rate for training and for :meth:`adapt`. A loss or weights that stop
+        being finite stop the fit with :class:`~scaug.exceptions.TrainingDivergedError`.
     latent_noise : float, default=0.1
         Standard deviation of the noise added to latents during training, together with a
         standard-normal prior penalty (a VAE with a fixed posterior spread). More noise keeps the
@@ -387,8 +390,9 @@ class CellAutoencoder(TransformerMixin, BaseEstimator):
             ``stopped_at_`` is the optimiser step early stopping ended training at (None when
             it ran its full budget).
         """
+        _utils.validate_params(self)
         device = _utils.resolve_device(self.device)
-        _utils.check_trainer_kwargs(self.trainer_kwargs)
+        check_trainer_kwargs(self.trainer_kwargs)
         on_disk = isinstance(X, OnDiskCells)
         names = _utils.resolve_feature_names(X.signature() if on_disk else X, feature_names)
         if not on_disk:
@@ -596,7 +600,8 @@ class CellAutoencoder(TransformerMixin, BaseEstimator):
             With ``verbose``, the overlap is printed (to stderr).
         """
         check_is_fitted(self, "module_")
-        _utils.check_trainer_kwargs(self.trainer_kwargs)
+        _utils.validate_params(self)
+        check_trainer_kwargs(self.trainer_kwargs)
         on_disk = isinstance(X, OnDiskCells)
         names = _utils.resolve_feature_names(X.signature() if on_disk else X, feature_names)
         index, report = self._align(X.shape[1], names, min_overlap)
@@ -746,9 +751,9 @@ class CellAutoencoder(TransformerMixin, BaseEstimator):
         CSR matrix when ``sparse`` (NB counts are then drawn sparse, never as a dense matrix).
         """
         check_is_fitted(self, "module_")
-        z = torch.as_tensor(np.asarray(Z, dtype=np.float32), device=self.device_)
-        lib = None if library is None else torch.as_tensor(
-            np.asarray(library, dtype=np.float32), device=self.device_)
+        Z, library = self._check_generate_input(Z, library)
+        z = torch.as_tensor(Z, device=self.device_)
+        lib = None if library is None else torch.as_tensor(library, device=self.device_)
         if sparse and self.likelihood_ == "nb":
             return self.module_.sample_counts(z, lib, generator=generator).astype(np.float32)
         x = self.module_.sample_expression(z, lib, generator=generator).cpu().numpy()
@@ -756,6 +761,34 @@ class CellAutoencoder(TransformerMixin, BaseEstimator):
             x = np.maximum(x, 0)
         x = x.astype(np.float32)
         return sp.csr_matrix(x) if sparse else x
+
+    def _check_generate_input(self, Z, library):
+        """``Z`` and ``library`` as float32 arrays of the right shapes, or a clear error."""
+        Z = np.asarray(Z, dtype=np.float64)
+        if Z.ndim != 2 or Z.shape[1] != int(self.n_latent):
+            raise ValueError(f"Z must be a (cells, {self.n_latent}) array of latents (this "
+                             f"autoencoder's n_latent); got shape {Z.shape}.")
+        if not np.all(np.isfinite(Z)):
+            raise ValueError(f"Z holds {int((~np.isfinite(Z)).sum())} NaN or infinite "
+                             "value(s); latents must be finite (a model whose training diverged "
+                             "gives such latents: refit it with a lower learning_rate).")
+        _utils.check_float32_range(Z, "Z")
+        if self.likelihood_ == "nb":
+            if library is None:
+                raise ValueError("library is required for a counts (negative binomial) "
+                                 "autoencoder: the total counts of each cell to generate, e.g. "
+                                 "drawn from real cells' totals (X.sum(axis=1)).")
+            library = np.asarray(library, dtype=np.float64)
+            if library.shape != (Z.shape[0],):
+                raise ValueError(f"library must hold one total per row of Z ({Z.shape[0]}); got "
+                                 f"shape {library.shape}.")
+            if not np.all(np.isfinite(library)) or (library < 0).any():
+                raise ValueError("library must hold finite, non-negative total counts.")
+            _utils.check_float32_range(library, "library")
+            library = library.astype(np.float32)
+        elif library is not None:
+            library = np.asarray(library, dtype=np.float32)
+        return Z.astype(np.float32), library
 
     # -- persistence ---------------------------------------------------------------------------
     def _state(self) -> dict:
@@ -814,7 +847,9 @@ class CellAutoencoder(TransformerMixin, BaseEstimator):
     @classmethod
     def load(cls, path, device="auto") -> CellAutoencoder:
         """Read an autoencoder written by :meth:`save`; ``device`` picks where it runs."""
-        return cls._from_state(_utils.checked_load(path, expected_class="CellAutoencoder"), device)
+        state = _utils.checked_load(path, expected_class="CellAutoencoder", required=STATE_FIELDS)
+        with _utils.damaged_file(path):
+            return cls._from_state(state, device)
 
     def __getstate__(self):
         # weights travel on the CPU, so a model fitted on a GPU unpickles on a machine without one
@@ -831,6 +866,10 @@ class CellAutoencoder(TransformerMixin, BaseEstimator):
         if fitted_device is not None and fitted_device.startswith("cuda") and torch.cuda.is_available():
             self._set_runtime(torch.device(fitted_device))
 
+
+#: what a saved autoencoder's state must hold (see ``_state``)
+STATE_FIELDS = ("params", "likelihood", "nonnegative", "n_features_in", "feature_names_in",
+                "module", "history")
 
 #: at most this many values of counts held at once to match detection (128 MiB of float32)
 _DETECTION_VALUES = 2**25

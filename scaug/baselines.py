@@ -23,7 +23,7 @@ from sklearn.utils._param_validation import StrOptions
 from . import _utils, sampling
 from .autoencoder import CellAutoencoder
 from .model import _smoothed_bootstrap
-from .oversampler import labelled_request, refuse_mixed_labels
+from .oversampler import check_resample_input, labelled_request
 
 try:  # scikit-learn >= 1.6
     from sklearn.frozen import FrozenEstimator
@@ -216,8 +216,13 @@ class LatentOverSampler(BaseOverSampler):
                 epochs = self.max_epochs if epochs is None else min(epochs, self.max_epochs)
         else:
             ae, epochs = CellAutoencoder(**params), self.max_epochs
-        return ae.set_params(max_epochs=epochs, device=self.device, random_state=seed,
-                             verbose=self.verbose)
+        ae = ae.set_params(max_epochs=epochs, device=self.device, random_state=seed,
+                           verbose=self.verbose)
+        try:  # scikit-learn skips nested validation inside fit_resample; scaug does not
+            _utils.validate_params(ae)
+        except ValueError as err:
+            raise type(err)(f"autoencoder_params: {err}") from None
+        return ae
 
     def _resolve_autoencoder(self, X, y, seed):
         """The fitted autoencoder to decode with; checked against X before any training."""
@@ -261,7 +266,11 @@ class LatentOverSampler(BaseOverSampler):
         -------
         X_resampled, y_resampled
         """
-        refuse_mixed_labels(y)
+        check_resample_input(self, X, y)
+        if not _fitted(self.autoencoder) and not isinstance(self.autoencoder, str | os.PathLike) \
+                and not (FrozenEstimator is not None and isinstance(self.autoencoder,
+                                                                    FrozenEstimator)):
+            self._new_autoencoder(0)  # autoencoder_params checked before any work
         return super().fit_resample(X, y, **params)
 
     def _fit_resample(self, X, y):

@@ -17,6 +17,7 @@ from sklearn.utils.validation import check_is_fitted
 from tqdm.auto import tqdm
 
 from . import _utils, sampling
+from .autoencoder import STATE_FIELDS as AE_STATE_FIELDS
 from .autoencoder import CellAutoencoder
 from .diffusion import SAMPLERS, GaussianDiffusion
 from .nn import Denoiser, LatentClassifier
@@ -27,6 +28,7 @@ from .train import (
     DenoiserPlan,
     MinibatchData,
     OnDiskCells,
+    check_trainer_kwargs,
     fit_plan,
     process_rank,
     validation_split,
@@ -95,7 +97,8 @@ class SCLD(BaseEstimator):
     ae_hidden : tuple of int, default=(256, 128)
         Hidden widths of an autoencoder trained from scratch (``autoencoder=None``).
     width, depth : int, default=128, 3
-        Width and number of residual blocks of the denoiser.
+        Width (at least 2, for the sine and cosine of the time embedding) and number of
+        residual blocks of the denoiser.
     max_epochs : int or None, default=None
         Caps the epochs of every training stage (an epoch of the diffusion and classifier stages
         is as many class-balanced minibatches as one pass over the cells takes). ``None`` uses
@@ -105,6 +108,11 @@ class SCLD(BaseEstimator):
         scales with the number of cells (3000 for 1000 cells, 4500 for 10000).
     batch_size : int, default=256
     learning_rate : float, default=1e-3
+        AdamW's learning rate for every stage this model trains: the autoencoder it trains from
+        scratch, the denoiser and the latent classifier. A given autoencoder (fitted, a template
+        or a path) keeps its own ``learning_rate``, also for the gene adaptation. A stage whose
+        loss or weights stop being finite stops with
+        :class:`~scaug.exceptions.TrainingDivergedError`; lower the rate then.
     label_dropout : float, default=0.15
         Fraction of training steps that see the null label (classifier-free guidance).
     latent_smoothing : float, default=4.0
@@ -272,7 +280,7 @@ class SCLD(BaseEstimator):
         "min_gene_overlap": [_utils.Interval(Real, 0, 1, closed="both")],
         "n_latent": [_utils.Interval(Integral, 1, None, closed="left")],
         "ae_hidden": [_utils.PositiveIntTuple()],
-        "width": [_utils.Interval(Integral, 1, None, closed="left")],
+        "width": [_utils.Interval(Integral, 2, None, closed="left")],
         "depth": [_utils.Interval(Integral, 1, None, closed="left")],
         "max_epochs": [_utils.Interval(Integral, 1, None, closed="left"), None],
         "diffusion_steps": [_utils.Interval(Integral, 1, None, closed="left"), None],
@@ -379,7 +387,8 @@ class SCLD(BaseEstimator):
                                  cpu_threads=None)
         # cpu_threads=None: this model's setting is already in force
         return CellAutoencoder(n_latent=int(self.n_latent), hidden=tuple(self.ae_hidden),
-                               max_epochs=self.max_epochs, early_stopping=self.early_stopping,
+                               learning_rate=self.learning_rate, max_epochs=self.max_epochs,
+                               early_stopping=self.early_stopping,
                                validation_fraction=self.validation_fraction,
                                n_iter_no_change=self.n_iter_no_change, tol=self.tol,
                                device=device, random_state=seed, verbose=self.verbose,
@@ -442,8 +451,13 @@ class SCLD(BaseEstimator):
             Fitted. A fit that fails or is interrupted leaves the model as it was (an unfitted
             model stays unfitted, a fitted one keeps its previous state).
         """
+        _utils.validate_params(self)
+        if isinstance(self.autoencoder, CellAutoencoder) and not _is_fitted_autoencoder(
+                self.autoencoder):  # a template: its settings too, before any training
+            _utils.validate_params(self.autoencoder)
+            check_trainer_kwargs(self.autoencoder.trainer_kwargs)
         device = _utils.resolve_device(self.device)
-        _utils.check_trainer_kwargs(self.trainer_kwargs)
+        check_trainer_kwargs(self.trainer_kwargs)
         on_disk = isinstance(X, OnDiskCells)
         names = _utils.resolve_feature_names(X.signature() if on_disk else X, feature_names)
         if on_disk:
@@ -684,6 +698,10 @@ n_sample_steps, sampler
         for name, v in (("batch_size", batch_size), ("max_cells", max_cells)):
             if not (isinstance(v, Integral) and not isinstance(v, bool) and v >= 1):
                 raise ValueError(f"{name} must be a positive int; got {v!r}.")
+        if opts["n_sample_steps"] > self.diffusion_.n_steps:
+            raise ValueError(f"n_sample_steps={opts['n_sample_steps']} is more than the "
+                             f"{self.diffusion_.n_steps} noise levels the model was trained on; "
+                             "give at most that many (10-50 is the useful range).")
         values = self._condition_values()
         scales = _attribute_scales(condition_scales, values)
         seed = _utils.seed_from(self.random_state if random_state is None else random_state)
@@ -837,6 +855,11 @@ n_sample_steps, sampler
         Zs = np.concatenate(blocks_z) if blocks_z else np.zeros((0, n_latent), np.float32)
         codes = np.concatenate(blocks_y) if blocks_y else np.zeros(0, np.int64)
         Z = (Zs * self.latent_scale_ + self.latent_mean_).astype(np.float32)
+        if not np.all(np.isfinite(Z)):  # never decode cells from NaN: they would be all zeros
+            raise ValueError(
+                f"SCLD drew {int((~np.isfinite(Z).all(1)).sum())} non-finite latent(s); its "
+                "networks are not finite (a damaged file, or weights changed after fitting). "
+                "Fit the model again, with a lower learning_rate if training diverged.")
         self.sample_latents_ = Z
         self.sample_conditions_ = _conditions_frame(attribute_codes, values)
         library = self.type_summaries_.draw_library(codes, rng) if self.counts_ else None
@@ -912,7 +935,14 @@ n_sample_steps, sampler
     @classmethod
     def load(cls, path, device="auto") -> SCLD:
         """Read a model written by :meth:`save`; ``device`` picks where it samples."""
-        state = _utils.checked_load(path, expected_class="SCLD")
+        state = _utils.checked_load(path, expected_class="SCLD", required=_STATE_FIELDS)
+        _utils.check_fields(state["autoencoder"], AE_STATE_FIELDS, f"{os.fspath(path)!r}",
+                            "SCLD's autoencoder")
+        with _utils.damaged_file(path):
+            return cls._from_state(state, path, device)
+
+    @classmethod
+    def _from_state(cls, state: dict, path, device) -> SCLD:
         params = dict(state["params"])
         params["ae_hidden"] = tuple(params["ae_hidden"])
         model = cls(**params, device=device, random_state=state["random_state"])
@@ -977,6 +1007,13 @@ n_sample_steps, sampler
             for module in (self.denoiser_, self.classifier_):
                 if module is not None:
                     module.to(self.device_)
+
+
+#: what a saved SCLD must hold (see ``save``)
+_STATE_FIELDS = ("params", "random_state", "autoencoder", "denoiser", "classifier", "classes",
+                 "classes_dtype", "class_counts", "n_unlabelled", "n_features_in",
+                 "feature_names_in", "input_dtype", "sparse_input", "latent_mean", "latent_scale",
+                 "type_summaries", "diffusion_steps", "history", "provenance")
 
 
 def _is_fitted_autoencoder(ae) -> bool:

@@ -13,12 +13,13 @@ import torch
 from imblearn.over_sampling.base import BaseOverSampler
 from imblearn.utils import check_sampling_strategy
 from sklearn.utils import check_random_state
-from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils._param_validation import StrOptions
 from sklearn.utils.validation import check_is_fitted
 
 from . import _utils, sampling
 from .autoencoder import CellAutoencoder
 from .diffusion import SAMPLERS
+from .io import load
 from .model import SCLD
 
 try:  # scikit-learn >= 1.6
@@ -31,15 +32,56 @@ _OWN_PARAMS = ("autoencoder", "max_epochs", "device", "random_state", "verbose",
                "classifier_scale", "screening", "n_sample_steps", "sampler")
 
 
-def refuse_mixed_labels(y) -> None:
-    """Refuse string class labels beside -1 (unlabelled) before scikit-learn fails to sort them."""
+def check_resample_input(sampler, X, y) -> None:
+    """What imbalanced-learn would only fail on deep inside (or not at all), refused up front.
+
+    The sampler's own parameters are checked whatever scikit-learn's nested-validation setting;
+    ``X`` and ``y`` must be given, and numeric ``X`` must fit float32 (what the model computes
+    in); labels mixing strings with -1 and a callable ``sampling_strategy`` that returns anything
+    but a mapping are refused with what to do.
+    """
+    _utils.validate_params(sampler)
+    for name, value in (("X", X), ("y", y)):
+        if value is None:
+            raise ValueError(f"{name} is None; fit_resample needs the cells X and their class "
+                             "labels y (one per cell).")
     labels = np.asarray(y.to_numpy() if hasattr(y, "to_numpy") else y)
+    if labels.ndim == 0:
+        raise ValueError(f"y must be a 1-D array of class labels, one per cell; got the scalar "
+                         f"{labels!r}.")
+    if labels.ndim == 1:  # missing or continuous labels, and strings mixed with numbers
+        labels = _utils.check_labels(labels, len(labels))
+        _utils.check_sortable(labels[~_utils.unlabelled_mask(labels)])
     if labels.dtype == object and _utils.unlabelled_mask(labels).any() and any(
             isinstance(v, str) for v in labels):
         raise ValueError("y mixes string class labels with -1 for unlabelled cells. Encode "
                          "the labelled cells' classes as integers (LabelEncoder) and keep -1 "
                          "for the unlabelled ones, as scikit-learn's semi-supervised "
                          "estimators require.")
+    strategy = sampler.sampling_strategy
+    if isinstance(strategy, bool | np.bool_):
+        raise TypeError(f"sampling_strategy={strategy!r} is a bool; give a float ratio (binary "
+                        "classes), 'auto', 'minority', 'not majority', 'all', a dict {class: "
+                        "cells after resampling} or a callable returning one.")
+    if callable(strategy):
+        request = strategy(labels)
+        if not isinstance(request, Mapping):
+            raise TypeError(f"sampling_strategy is a callable that returned a "
+                            f"{type(request).__name__}; it must return a dict "
+                            "{class: number of cells after resampling}.")
+    labelled = labels[~_utils.unlabelled_mask(labels)] if labels.ndim == 1 else labels
+    try:  # imbalanced-learn's own check, whose messages do not always name the parameter
+        check_sampling_strategy(strategy, labelled, "over-sampling")
+    except ValueError as err:
+        if "sampling_strategy" in str(err):
+            raise
+        raise ValueError(f"sampling_strategy={strategy!r}: {err}") from None
+    if not sp.issparse(X) and not hasattr(X, "dtypes"):
+        values = np.asarray(X) if not isinstance(X, np.ndarray) else X
+        if values.dtype.kind in "fiu":
+            _utils.check_float32_range(values, "X")
+    elif sp.issparse(X) and X.dtype.kind in "fiu":
+        _utils.check_float32_range(X.data, "X")
 
 
 def labelled_request(sampler, y) -> dict:
@@ -289,13 +331,13 @@ class SCLDOverSampler(BaseOverSampler):
         **BaseOverSampler._parameter_constraints,
         "model": [None, SCLD, CellAutoencoder, str, os.PathLike]
         + ([FrozenEstimator] if FrozenEstimator is not None else []),
-        "max_epochs": [Interval(Integral, 1, None, closed="left"), None],
+        "max_epochs": [_utils.Interval(Integral, 1, None, closed="left"), None],
         "device": [str, torch.device],
         "verbose": ["boolean"],
-        "guidance_scale": [Interval(Real, 0, None, closed="left")],
-        "classifier_scale": [Interval(Real, 0, None, closed="left")],
+        "guidance_scale": [_utils.Interval(Real, 0, None, closed="left")],
+        "classifier_scale": [_utils.Interval(Real, 0, None, closed="left")],
         "screening": ["boolean"],
-        "n_sample_steps": [Interval(Integral, 1, None, closed="left")],
+        "n_sample_steps": [_utils.Interval(Integral, 1, None, closed="left")],
         "sampler": [StrOptions(set(SAMPLERS))],
         "scld_params": [dict, None],
         "condition_spread": [StrOptions({"proportional", "uniform"}), callable],
@@ -331,10 +373,15 @@ class SCLDOverSampler(BaseOverSampler):
             raise ValueError(f"scld_params has keys {unknown} that are not SCLD parameters; "
                              f"valid ones: {sorted(set(SCLD().get_params()) - set(_OWN_PARAMS))}.")
         # the sampling settings too: a model fitted for post-guidance trains its latent classifier
-        return SCLD(autoencoder=autoencoder, max_epochs=self.max_epochs, device=self.device,
-                    random_state=seed, verbose=self.verbose, guidance_scale=self.guidance_scale,
-                    classifier_scale=self.classifier_scale, screening=self.screening,
-                    n_sample_steps=self.n_sample_steps, sampler=self.sampler, **params)
+        model = SCLD(autoencoder=autoencoder, max_epochs=self.max_epochs, device=self.device,
+                     random_state=seed, verbose=self.verbose, guidance_scale=self.guidance_scale,
+                     classifier_scale=self.classifier_scale, screening=self.screening,
+                     n_sample_steps=self.n_sample_steps, sampler=self.sampler, **params)
+        try:  # scikit-learn skips nested validation inside fit_resample; scaug does not
+            _utils.validate_params(model)
+        except ValueError as err:
+            raise type(err)(f"scld_params: {err}") from None
+        return model
 
     def _resolve_model(self, X, y, seed, n_generate, conditions=None):
         """The SCLD that will generate cells (fitting or loading it if needed), or None."""
@@ -342,12 +389,7 @@ class SCLDOverSampler(BaseOverSampler):
         if FrozenEstimator is not None and isinstance(model, FrozenEstimator):
             model = model.estimator
         if isinstance(model, str | os.PathLike):
-            try:
-                model = SCLD.load(model, device=self.device)
-            except ValueError as err:
-                if "holds a CellAutoencoder" not in str(err):
-                    raise
-                # a saved autoencoder: SCLD loads it itself
+            model = load(model, device=self.device)  # an SCLD or a pretrained autoencoder
         elif isinstance(model, SCLD | CellAutoencoder):
             attr = "denoiser_" if isinstance(model, SCLD) else "module_"
             if not hasattr(model, attr):
@@ -408,7 +450,10 @@ class SCLDOverSampler(BaseOverSampler):
         -------
         X_resampled, y_resampled
         """
-        refuse_mixed_labels(y)
+        check_resample_input(self, X, y)
+        if not isinstance(self.model, SCLD | str | os.PathLike) and not (
+                FrozenEstimator is not None and isinstance(self.model, FrozenEstimator)):
+            self._new_scld(0)  # scld_params checked before any work
         if conditions is None:
             return super().fit_resample(X, y)
         return super().fit_resample(X, y, conditions=conditions)

@@ -28,6 +28,7 @@ from sklearn.exceptions import NotFittedError
 from sklearn.utils._param_validation import InvalidParameterError
 
 from scaug import datasets, metrics
+from scaug.exceptions import TrainingDivergedError
 from scaug.metrics import DegenerateInputWarning
 from scaug.preprocessing import NormalizeLog1p
 
@@ -563,9 +564,62 @@ def _cli(*argv):
 def _sampler(**kw):
     from scaug import SCLDOverSampler
 
-    return SCLDOverSampler(max_epochs=1, n_sample_steps=2, device="cpu",
-                           scld_params={"n_latent": 2, "ae_hidden": (8,), "width": 8, "depth": 1,
-                                        "diffusion_steps": 3}, **kw)
+    settings = {"max_epochs": 1, "n_sample_steps": 2, "device": "cpu",
+                "scld_params": {"n_latent": 2, "ae_hidden": (8,), "width": 8, "depth": 1,
+                                "diffusion_steps": 3}}
+    return SCLDOverSampler(**{**settings, **kw})
+
+
+def _damaged(t, change):
+    """A saved tiny SCLD with one part of its state changed by ``change(state)``, loaded."""
+    import torch
+
+    from scaug import SCLD
+
+    path = t / "m.scld"
+    _model().save(path)
+    state = torch.load(path, weights_only=True)
+    change(state)
+    torch.save(state, path)
+    return SCLD.load(path)
+
+
+def _nan_weights():
+    """Sampling from a copy of a fitted model whose denoiser weights were made NaN."""
+    import copy
+
+    import torch
+
+    model = copy.deepcopy(_model())
+    with torch.no_grad():
+        for p in model.denoiser_.parameters():
+            p.fill_(float("nan"))
+    return model.sample({"a": 3}, random_state=0)
+
+
+def _generate(Z, library="ones"):
+    import torch
+
+    model = _model()
+    n = np.asarray(Z).shape[0] if np.ndim(Z) else 1
+    return model.autoencoder_.generate(Z, np.ones(n) if library == "ones" else library,
+                                       generator=torch.Generator().manual_seed(0))
+
+
+def _skipping(call):
+    """``call()`` under scikit-learn's nested setting: parameter validation skipped."""
+    import sklearn
+
+    with sklearn.config_context(skip_parameter_validation=True):
+        return call()
+
+
+def _backed(t):
+    import anndata
+
+    path = t / "cells.h5ad"
+    anndata.AnnData(XC.astype(np.float32), obs=pd.DataFrame({"cell_type": YC})).write_h5ad(path)
+    return anndata.read_h5ad(path, backed="r")
 
 
 S, O, A, T, C = "SCLD", "SCLDOverSampler", "CellAutoencoder", "tl", "cli"
@@ -673,4 +727,97 @@ CASES += [
     Case(C, "scaug sample", "a model file that does not exist",
          lambda t: _cli("sample", str(t / "missing.scld"), "--n", "a=3", "-o", str(t / "o.h5ad")),
          returns(_is((2, 1)), "exit status 2, one line on stderr")),
+    Case(S, "SCLD.fit", "learning_rate=1e6 (training diverges within 5 epochs)",
+         lambda t: _tiny(learning_rate=1e6, max_epochs=5, diffusion_steps=20).fit(XC, YC),
+         raises(TrainingDivergedError, "stage diverged")),
+    Case(S, "SCLD.fit", "an autoencoder template with latent_noise=-1",
+         lambda t: _tiny(autoencoder=_ae(latent_noise=-1.0)).fit(XC, YC),
+         raises(IPE, "The 'latent_noise' parameter of CellAutoencoder")),
+    Case(S, "SCLD.fit", "trainer_kwargs with a key the Trainer does not take",
+         lambda t: _tiny(trainer_kwargs={"gpus": 1}).fit(XC, YC),
+         raises(ValueError, "not arguments of Lightning's Trainer")),
+    Case(S, "SCLD.fit", "a count of 1e40 (finite in float64, inf in float32)",
+         lambda t: _tiny().fit(_with(XC.astype(np.float64), 0, 0, 1e40), YC),
+         raises(ValueError, "beyond float32's range")),
+    Case(S, "SCLD.fit", "an all-zero matrix",
+         lambda t: _tiny().fit(np.zeros((40, 6)), YC), raises(ValueError, "zero everywhere")),
+    Case(S, "SCLD.fit", "a constant matrix (every entry 3)",
+         lambda t: _tiny().fit(np.full((40, 6), 3.0), YC),
+         raises(ValueError, "the same value (3) in every entry")),
+    Case(S, "SCLD.fit", "a continuous y (40 distinct floats)",
+         lambda t: _tiny().fit(XC, np.linspace(0.05, 3.95, 40)),
+         raises(ValueError, "y looks continuous")),
+    Case(S, "SCLD.fit", "y with a missing label (None)",
+         lambda t: _tiny().fit(XC, np.r_[YC[:-1], None].astype(object)),
+         raises(ValueError, "missing labels")),
+    Case(S, "SCLD.fit", "a backed AnnData",
+         lambda t: _tiny().fit(_backed(t), YC), raises(TypeError, "scaug.OnDiskCells")),
+    Case(S, "SCLD.sample", "a model whose denoiser weights are NaN",
+         lambda t: _nan_weights(), raises(ValueError, "non-finite latent")),
+    Case(S, "SCLD.load", "a file without its params",
+         lambda t: _damaged(t, lambda s: s.pop("params")),
+         raises(ValueError, "lacks the field(s) ['params']")),
+    Case(S, "SCLD.load", "a file whose autoencoder lacks its weights",
+         lambda t: _damaged(t, lambda s: s["autoencoder"].pop("module")),
+         raises(ValueError, "lacks the field(s) ['module'] that a saved SCLD's autoencoder")),
+    Case(S, "SCLD.load", "a file whose denoiser weights are empty",
+         lambda t: _damaged(t, lambda s: s.update(denoiser={})), raises(ValueError, "is damaged")),
+    Case(A, "CellAutoencoder.fit", "the path of an .h5ad file instead of a matrix",
+         lambda t: _ae().fit(str(t / "atlas.h5ad")), raises(TypeError, "is a path")),
+    Case(A, "CellAutoencoder.fit", "learning_rate=1e6 (training diverges within 5 epochs)",
+         lambda t: _ae(learning_rate=1e6, max_epochs=5).fit(XC),
+         raises(TrainingDivergedError, "autoencoder stage")),
+    Case(A, "CellAutoencoder.generate", "latents of the wrong width",
+         lambda t: _generate(np.zeros((3, 5))), raises(ValueError, "Z must be a (cells, 2) array")),
+    Case(A, "CellAutoencoder.generate", "a counts model without library",
+         lambda t: _generate(np.zeros((3, 2)), library=None), raises(ValueError, "library is required")),
+    Case(A, "CellAutoencoder.generate", "NaN latents",
+         lambda t: _generate(np.full((3, 2), np.nan)), raises(ValueError, "NaN or infinite")),
+    Case(O, "SCLDOverSampler.fit_resample", "scld_params={'n_latent': 'a'}",
+         lambda t: _sampler(scld_params={"n_latent": "a"}).fit_resample(XC, YC),
+         raises(IPE, "scld_params: The 'n_latent' parameter of SCLD")),
+    Case(O, "SCLDOverSampler.fit_resample", "scld_params={'learning_rate': -1}",
+         lambda t: _sampler(scld_params={"learning_rate": -1}).fit_resample(XC, YC),
+         raises(IPE, "scld_params: The 'learning_rate' parameter of SCLD")),
+    Case(O, "SCLDOverSampler.fit_resample", "scld_params={'label_dropout': 5.0}",
+         lambda t: _sampler(scld_params={"label_dropout": 5.0}).fit_resample(XC, YC),
+         raises(IPE, "scld_params: The 'label_dropout' parameter of SCLD")),
+    Case(O, "SCLDOverSampler.fit_resample", "max_epochs=True",
+         lambda t: _sampler(max_epochs=True).fit_resample(XC, YC),
+         raises(IPE, "The 'max_epochs' parameter of SCLDOverSampler")),
+    Case(O, "SCLDOverSampler.fit_resample", "y=None",
+         lambda t: _sampler().fit_resample(XC, None), raises(ValueError, "y is None")),
+    Case(O, "SCLDOverSampler.fit_resample", "a callable sampling_strategy returning a list",
+         lambda t: _sampler(sampling_strategy=lambda y: [5, 5]).fit_resample(XC, YC),
+         raises(TypeError, "returned a list; it must return a dict")),
+    Case(O, "LatentOverSampler.fit_resample", "y=None",
+         lambda t: __import__("scaug").LatentOverSampler().fit_resample(XC, None),
+         raises(ValueError, "y is None")),
+    Case(T, "tl.augment", "a backed AnnData",
+         lambda t: __import__("scaug").tl.augment(_backed(t), "cell_type"),
+         raises(ValueError, "adata is backed")),
+    Case(C, "scaug demo", "--device tpu (refused before the first fold)",
+         lambda t: _cli("demo", "--device", "tpu", "--quick"),
+         returns(_is((2, 1)), "exit status 2, one line on stderr")),
+    # found by the parameter sweep (tests/test_parameter_sweep.py)
+    Case(S, "SCLD.fit", "width=1 (no room for the time embedding's sine and cosine)",
+         lambda t: _tiny(width=1).fit(XC, YC), raises(IPE, "The 'width' parameter of SCLD")),
+    Case(S, "SCLD.fit", "an odd width (7)",
+         lambda t: _tiny(width=7).fit(XC, YC).sample({"a": 3}, random_state=0)[0].shape,
+         returns(_is((3, 6)), "3 cells of 6 genes")),
+    Case(S, "SCLD.fit", "max_epochs as a numpy integer, validation skipped",
+         lambda t: _skipping(lambda: _tiny(max_epochs=np.int64(1)).fit(XC, YC).n_train_),
+         returns(_is(40), "a model fitted on 40 cells")),
+    Case(S, "SCLD.sample", "n_sample_steps beyond the model's noise levels",
+         lambda t: _model().sample({"a": 3}, n_sample_steps=10**6),
+         raises(ValueError, "n_sample_steps=1000000 is more than")),
+    Case(S, "SCLD.sample", "random_state=-1",
+         lambda t: _model().sample({"a": 3}, random_state=-1),
+         raises(ValueError, "random_state must be None")),
+    Case(O, "SCLDOverSampler.fit_resample", "sampling_strategy=True",
+         lambda t: _sampler(sampling_strategy=True).fit_resample(XC, YC),
+         raises(TypeError, "sampling_strategy=True is a bool")),
+    Case(O, "SCLDOverSampler.fit_resample", "string labels with a None",
+         lambda t: _sampler().fit_resample(XC, np.r_[YC[:-1], [None]].astype(object)),
+         raises(ValueError, "missing labels")),
 ]

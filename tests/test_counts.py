@@ -111,7 +111,7 @@ def _fitted(module):
     """A CellAutoencoder around ``module``, as fitting would leave it (what decode needs)."""
     from scaug import CellAutoencoder
 
-    ae = CellAutoencoder(device="cpu")
+    ae = CellAutoencoder(n_latent=module.decoder[0][0].in_features, device="cpu")
     ae.module_, ae.likelihood_, ae.nonnegative_ = module, "nb", True
     ae.n_features_in_, ae.device_ = module.gene_log_scale.shape[0], torch.device("cpu")
     return ae

@@ -312,8 +312,8 @@ def test_bad_requests(fitted):
     ("X", "y", "match"),
     [(np.array([[1.0, np.nan], [1.0, 2.0]]), None, "NaN"),
      (np.ones(5), None, "2-D"),
-     (np.ones((3, 4)), [0, 1], "one label per cell"),
-     (np.ones((2, 4)), [None, "a"], "missing labels")],
+     (np.arange(12.0).reshape(3, 4), [0, 1], "one label per cell"),
+     (np.arange(8.0).reshape(2, 4), [None, "a"], "missing labels")],
 )
 def test_bad_fit_input(X, y, match):
     with pytest.raises(ValueError, match=match):

@@ -22,6 +22,8 @@ class TimeEmbedding(nn.Module):
         freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=t.device) / half)
         args = 1000.0 * t.float()[:, None] * freqs[None]
         emb = torch.cat([torch.sin(args), torch.cos(args)], dim=-1)
+        if self.dim % 2:  # an odd width: sin and cos fill all but one column
+            emb = torch.nn.functional.pad(emb, (0, 1))
         return self.mlp(emb)
 
 

@@ -7,8 +7,15 @@ The user-facing :class:`scaug.SCLD` and :class:`scaug.CellAutoencoder` build the
 from .data import BalancedDraws, MinibatchData, process_rank, validation_split
 from .disk import OnDiskCells
 from .plans import AdaptPlan, AutoencoderPlan, ClassifierPlan, DenoiserPlan
-from .trainer import RESERVED_TRAINER_KWARGS, ConvergenceStop, fit_plan, trainer_options
+from .trainer import (
+    RESERVED_TRAINER_KWARGS,
+    ConvergenceStop,
+    check_trainer_kwargs,
+    fit_plan,
+    trainer_options,
+)
 
 __all__ = ["AdaptPlan", "AutoencoderPlan", "BalancedDraws", "ClassifierPlan", "ConvergenceStop",
-           "DenoiserPlan", "MinibatchData", "OnDiskCells", "RESERVED_TRAINER_KWARGS", "fit_plan",
+           "DenoiserPlan", "MinibatchData", "OnDiskCells", "RESERVED_TRAINER_KWARGS",
+           "check_trainer_kwargs", "fit_plan",
            "process_rank", "trainer_options", "validation_split"]

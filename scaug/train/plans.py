@@ -9,22 +9,41 @@ DDP, nodes) the Trainer's (:mod:`scaug.train.trainer`).
 from __future__ import annotations
 
 import copy
+import math
 
 import lightning.pytorch as pl
 import numpy as np
 import torch
 
 from .. import _utils
+from ..exceptions import TrainingDivergedError
+
+
+def diverged(stage: str, what: str, learning_rate: float) -> TrainingDivergedError:
+    """The error for a stage whose loss or weights stopped being finite."""
+    return TrainingDivergedError(
+        f"The {stage} stage diverged: {what}. Its learning rate ({learning_rate:g}) is likely too "
+        "large for these data; lower `learning_rate` (the default is 1e-3) and fit again. The "
+        "model keeps the state it had before this fit.")
 
 
 class _SeededPlan(pl.LightningModule):
     """Seeds torch's generator when training starts: step noise is repeatable, and differs
     between the processes of a distributed run."""
 
+    #: the stage's name in messages (progress bars, errors)
+    stage = "training"
+
     def __init__(self, seed: int):
         super().__init__()
         self.seed = int(seed)
         self.history: list[float] = []
+
+    def check_loss(self, value: float) -> None:
+        """Stop at the first non-finite loss: every later step would only spread the NaN."""
+        if not math.isfinite(value):
+            raise diverged(self.stage, f"its loss is {value} at step {self.global_step}",
+                           self.learning_rate)
 
     def on_train_start(self) -> None:
         torch.manual_seed(self.seed + self.global_rank)
@@ -52,6 +71,8 @@ class AutoencoderPlan(_SeededPlan):
     2
     """
 
+    stage = "autoencoder"
+
     def __init__(self, module, *, latent_noise: float, learning_rate: float, n_epochs: int,
                  seed: int, validation=None):
         super().__init__(seed)
@@ -73,7 +94,9 @@ class AutoencoderPlan(_SeededPlan):
 
     def training_step(self, batch, batch_idx):
         loss = self.loss(*batch)  # AdaptPlan's batches also hold the latents to learn
-        self._total += float(loss.detach()) * len(batch[0])
+        value = float(loss.detach())
+        self.check_loss(value)
+        self._total += value * len(batch[0])
         self._count += len(batch[0])
         return loss
 
@@ -118,6 +141,8 @@ class AdaptPlan(AutoencoderPlan):
     it toward them. Optimiser, schedule and ``history`` as in :class:`AutoencoderPlan`.
     """
 
+    stage = "gene adaptation"
+
     def loss(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         m = self.module
         distil = ((m.encode(m.transform_input(x)) - z) ** 2).sum(-1)
@@ -152,6 +177,7 @@ class _StepPlan(_SeededPlan):
     def training_step(self, batch, batch_idx):
         loss = self.step_loss(batch)
         value = float(loss.detach())
+        self.check_loss(value)
         self._running = value if self._running is None else 0.98 * self._running + 0.02 * value
         if batch_idx % 50 == 0 or batch_idx == self.n_steps - 1:
             self.history.append(self._running)
@@ -206,6 +232,8 @@ class DenoiserPlan(_StepPlan):
     >>> type(plan.averaged).__name__  # the EMA copy that sampling uses
     'Denoiser'
     """
+
+    stage = "diffusion"
 
     def __init__(self, denoiser, diffusion, *, null_label: int, label_dropout: float,
                  conditional: bool, learning_rate: float, n_steps: int, seed: int,
@@ -296,6 +324,8 @@ class ClassifierPlan(_StepPlan):
     >>> plan.averaged(torch.zeros(3, 2), torch.zeros(3)).shape  # logits of the 2 types
     torch.Size([3, 2])
     """
+
+    stage = "latent classifier"
 
     def __init__(self, classifier, diffusion, *, learning_rate: float, n_steps: int, seed: int,
                  ema_decay: float = 0.99):

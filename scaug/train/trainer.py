@@ -19,12 +19,32 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from .plans import diverged
+
 #: Trainer arguments scaug sets itself; a user's trainer_kwargs may not change them
 RESERVED_TRAINER_KWARGS = frozenset({
     "max_epochs", "max_steps", "callbacks", "enable_progress_bar", "logger",
     "enable_checkpointing", "enable_model_summary", "num_sanity_val_steps",
     "use_distributed_sampler", "limit_train_batches",
 })
+
+
+def check_trainer_kwargs(trainer_kwargs) -> None:
+    """Refuse Trainer arguments that scaug sets itself, or that Lightning's Trainer does not take,
+    before any training (Lightning would only fail once the first stage starts)."""
+    import inspect
+
+    given = set(trainer_kwargs or {})
+    reserved = sorted(given & RESERVED_TRAINER_KWARGS)
+    if reserved:
+        raise ValueError(f"trainer_kwargs may not set {reserved}: scaug sets them itself (use "
+                         "max_epochs, diffusion_steps and verbose).")
+    known = set(inspect.signature(pl.Trainer.__init__).parameters) - {"self"}
+    unknown = sorted(given - known)
+    if unknown:
+        raise ValueError(f"trainer_kwargs has {unknown}, which are not arguments of Lightning's "
+                         f"Trainer (lightning {pl.__version__}); see "
+                         "lightning.pytorch.Trainer for the valid ones.")
 
 
 class _Interrupt(pl.Callback):
@@ -184,6 +204,9 @@ def fit_plan(plan: pl.LightningModule, data, *, device: torch.device, trainer_kw
     >>> trainer_options(torch.device("cpu"), {"devices": 2, "strategy": "ddp"})
     {'accelerator': 'cpu', 'devices': 2, 'strategy': 'ddp'}
     """
+    # Lightning asserts plain ints; a numpy integer from a user's setting is one too
+    max_steps = int(max_steps)
+    max_epochs = None if max_epochs is None else int(max_epochs)
     total = max_steps if max_steps > 0 else (max_epochs or 1) * len(data)
     loader = DataLoader(data, batch_size=None, num_workers=0)
     interrupt = _Interrupt()
@@ -206,4 +229,17 @@ def fit_plan(plan: pl.LightningModule, data, *, device: torch.device, trainer_kw
             if in_main_thread:  # Lightning ignores Ctrl-C while it shuts down; undo that
                 signal.signal(signal.SIGINT, sigint)
             raise KeyboardInterrupt from None
+    _check_weights(plan)
     return trainer
+
+
+def _check_weights(plan) -> None:
+    """Refuse weights that stopped being finite (the last step can break them after a finite loss);
+    the plan's averaged copy too, which is what sampling uses."""
+    modules = [plan] + [m for m in [getattr(plan, "averaged", None)] if m is not None]
+    for module in modules:
+        for name, p in module.named_parameters():
+            if not bool(torch.isfinite(p).all()):
+                raise diverged(getattr(plan, "stage", "training"),
+                               f"its weights ({name}) are not finite after training",
+                               getattr(plan, "learning_rate", float("nan")))
