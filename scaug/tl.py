@@ -47,8 +47,22 @@ __all__ = ["augment", "fit", "sample"]
 
 
 # -- reading an AnnData --------------------------------------------------------------------------
-def counts_of(adata, layer=None):
-    """The matrix scaug reads: ``adata.layers[layer]``, or ``adata.X`` when ``layer`` is None."""
+def counts_of(adata, layer=None, *, stream=False):
+    """The matrix scaug reads: ``adata.layers[layer]``, or ``adata.X`` when ``layer`` is None.
+
+    A backed AnnData (``read_h5ad(path, backed="r")``, for files too big for memory) gives a
+    :class:`~scaug.OnDiskCells` that streams its file when ``stream`` (what :func:`fit` does),
+    and is refused otherwise, with what to do.
+    """
+    if getattr(adata, "isbacked", False):
+        if not stream:
+            raise ValueError(
+                "adata is backed (opened from disk); this step needs its cells in memory: "
+                "adata.to_memory(). To train on a file too big for memory, scaug.tl.fit(adata, "
+                "...) streams it, then scaug.tl.sample(model, ...) draws cells.")
+        from .train import OnDiskCells
+
+        return OnDiskCells(adata.filename, layer=layer)
     if layer is None:
         if adata.X is None:
             raise ValueError("adata.X is None; pass layer= to name the layer holding the counts.")
@@ -117,6 +131,8 @@ def fit(adata, labels_key=None, *, batch_key=None, layer=None, **params):
     ----------
     adata : AnnData
         Cells x genes, integer counts (preferred) or continuous expression in ``X`` or ``layer``.
+        A backed AnnData (``anndata.read_h5ad(path, backed="r")``) is streamed from its file
+        (:class:`~scaug.OnDiskCells`), never loaded whole.
     labels_key : str or None, default=None
         Column of ``adata.obs`` with the cell types; cells where it is missing (NA) are learned
         from without a label. ``None`` fits a model without labels (holistic synthesis only).
@@ -152,7 +168,7 @@ def fit(adata, labels_key=None, *, batch_key=None, layer=None, **params):
     >>> list(model.feature_names_in_[:2]) == list(adata.var_names[:2])
     True
     """
-    X = counts_of(adata, layer)
+    X = counts_of(adata, layer, stream=True)
     y = None if labels_key is None else labels_of(adata, labels_key)[0]
     return _fit_scld(X, y, _gene_names(adata), params, conditions_of(adata, batch_key, labels_key))
 
@@ -245,16 +261,6 @@ def _report(model):
 
 
 # -- reusing a model -----------------------------------------------------------------------------
-def _load(path, device):
-    """A saved SCLD, or None when the file holds a CellAutoencoder (a pretrained encoder)."""
-    try:
-        return _scld().load(path, device=device)
-    except ValueError as err:
-        if "holds a CellAutoencoder" in str(err):
-            return None
-        raise
-
-
 def check_reusable(model, adata, X, request, conditions=None):
     """Refuse a fitted SCLD that cannot generate ``request`` for ``adata``, before any sampling."""
     from sklearn.utils.validation import check_is_fitted
@@ -436,9 +442,11 @@ def augment(adata, labels_key, *, batch_key=None, layer=None, sampling_strategy=
     source, autoencoder = "new", None
     if isinstance(model, str | os.PathLike):
         resolve_device(device)
-        source, loaded = os.fspath(model), _load(model, device)
-        autoencoder = model if loaded is None else None
-        model = loaded
+        from .io import load
+
+        source, loaded = os.fspath(model), load(model, device)  # decided by the saved class
+        autoencoder, model = (loaded, None) if isinstance(loaded, CellAutoencoder) else (None,
+                                                                                         loaded)
     elif isinstance(model, CellAutoencoder):
         source, autoencoder, model = "given CellAutoencoder", model, None
     elif model is not None and not isinstance(model, _scld()):
@@ -584,3 +592,132 @@ def sample(model, n, *, conditions=None, random_state=None, labels_key="cell_typ
         "sampling_report": _report(model),
     })}
     return ad.AnnData(X=X_syn, obs=obs, var=var, uns=uns)
+
+
+# -- evaluate: will augmentation help a classifier on this data? --------------------------------------
+def evaluate(adata, labels_key, *, layer=None, classifier="xgboost", rare=3, types=None, cap=None,
+             seeds=5, samplers=None, random_state=0, verbose=True, test_size=0.3,
+             sampling_strategy="auto", sampler_params=None, realism=True, device="auto", n_jobs=1,
+             estimate=False):
+    """Will augmentation help my classifier? Run scaug's protocol on an AnnData's counts.
+
+    Per seed: a stratified split holds out ``test_size`` of every type; the chosen rare types
+    keep at most ``cap`` training cells; each sampler augments the training split only; the
+    classifier learns from log-normalised cells and is scored on the held-out real cells. The
+    protocol is that of scaug's downstream benchmark (:mod:`scaug.evaluation` describes it in
+    full). Turn the result into an answer with :func:`scaug.evaluation.verdict` or
+    :func:`scaug.evaluation.report`.
+
+    Every check runs before any model is fitted: unknown key, layer, types, samplers or
+    classifier; only one class; non-count data (the protocol log-normalises counts, and the
+    count samplers model them); a chosen type too small to keep 1 held-out and 2 training cells.
+
+    Parameters
+    ----------
+    adata : AnnData
+        Cells x genes; integer counts in ``X`` or ``layers[layer]``. Never modified.
+    labels_key : str
+        ``obs`` column with the cell types; cells with a missing label are left out.
+    layer : str or None, default=None
+        Layer holding the counts; None reads ``X``.
+    classifier : str, path, estimator or callable, default="xgboost"
+        ``"xgboost"``, ``"logreg"`` (logistic regression), ``"rf"`` (random forest) or ``"knn"``
+        (5 nearest neighbours); the path of a Python file defining
+        ``make_classifier(random_state)`` (or a ``classifier`` estimator) that returns an
+        unfitted scikit-learn classifier; a scikit-learn classifier (cloned per seed, its
+        ``random_state`` set to the seed); or a callable ``f(random_state)``. It is fitted on
+        labels encoded ``0 .. K-1`` and log-normalised cells (CSR when the counts are sparse).
+    rare : int, default=3
+        Focus on the ``rare`` rarest types (ties broken by name).
+    types : list of str or None, default=None
+        Focus on these types instead of the rarest.
+    cap : int or None, default=None
+        Keep at most ``cap`` training cells of each chosen type (at least 2), to see what
+        augmentation does for a type with a handful of cells; None keeps them all.
+    seeds : int or list of int, default=5
+        Number of splits (seeds ``random_state``, ``random_state + 1``, ...) or the seeds
+        themselves. Intervals need at least 2; 5 give useful ones.
+    samplers : list of str or None, default=None
+        Names from :data:`scaug.evaluation.SAMPLERS`: ``"none"``, ``"RandomOverSampler"``,
+        ``"SMOTE"``, ``"BorderlineSMOTE"``, ``"ADASYN"``, ``"LatentOverSampler"``,
+        ``"SCLDOverSampler"``, ``"scVI"``. None runs them all (scVI only when scvi-tools is
+        installed; a note says when it is left out). ``"none"`` is always added: it is the
+        baseline of every comparison.
+    random_state : int, default=0
+        The first seed when ``seeds`` is a number; the same call gives the same scores.
+    verbose : bool, default=True
+        A progress bar and the time estimate after the first split, on stderr.
+    test_size : float, default=0.3
+        Fraction of every type held out.
+    sampling_strategy : {"auto", "rare"}, default="auto"
+        Raise every type (``"auto"``, imbalanced-learn's default) or only the chosen types
+        (``"rare"``) to the size of the largest training type.
+    sampler_params : dict or None, default=None
+        ``{sampler name: keyword arguments}`` for a sampler's constructor (for ``"scVI"``:
+        ``{"model": {...}, "train": {...}}``), and ``"autoencoder"``: the
+        :class:`~scaug.CellAutoencoder` settings of the autoencoder fitted once per split that
+        ``LatentOverSampler`` and ``SCLDOverSampler`` decode through.
+        :data:`scaug.evaluation.QUICK` holds tiny models for a smoke test.
+    realism : bool, default=True
+        Score the realism of the synthetic rare cells (a classifier two-sample AUC against the
+        held-out real cells of each type, :func:`scaug.metrics.c2st_auc`).
+    device : {"auto", "cpu", "cuda", "cuda:N"}, default="auto"
+        Where scaug's and scVI's models train.
+    n_jobs : int, default=1
+        Threads of XGBoost and the random forest.
+    estimate : bool, default=False
+        Print the time estimate after the first split even when ``verbose=False``.
+
+    Returns
+    -------
+    DataFrame
+        One row per seed and sampler (``seeds x samplers`` rows, in that order), the metrics as
+        columns, as pandas users aggregate them (``res.groupby("sampler")["rare_f1"].mean()``):
+        ``seed``, ``sampler``, ``status`` (``"ok"``, ``"skipped"`` or ``"failed"``), ``note`` (why),
+        ``rare_f1`` (the mean F1 of the chosen types), ``macro_f1``, ``balanced_accuracy``,
+        ``realism_auc`` (0.5: indistinguishable from held-out real cells; NaN without synthetic
+        rare cells, or when no chosen type has 5 held-out cells), ``augment_s`` (fit and
+        sampling seconds), ``classify_s``, ``n_train``, ``n_synthetic``.
+        ``attrs["scaug_evaluate"]`` holds the settings, the chosen types and their counts, the
+        per-type F1, notes and the coordinates of the figure's embedding.
+
+    See Also
+    --------
+    scaug.evaluation.verdict : Which sampler to use, if any.
+    scaug.evaluation.report : The answer as markdown, with figures.
+
+    Examples
+    --------
+    >>> import scaug
+    >>> from scaug.evaluation import verdict
+    >>> adata = scaug.datasets.simulate(n_cells=300, n_genes=40, n_types=3, n_markers=5,
+    ...                                 rare_sizes=(20,), random_state=0)
+    >>> res = scaug.tl.evaluate(adata, "cell_type", classifier="logreg", rare=1, cap=8, seeds=3,
+    ...                         samplers=["none", "RandomOverSampler", "SMOTE"], verbose=False)
+    >>> res[["seed", "sampler", "status"]].head(3)
+       seed            sampler status
+    0     0               none     ok
+    1     0  RandomOverSampler     ok
+    2     0              SMOTE     ok
+    >>> verdict(res)["answer"] in ("use", "none of them", "no difference shown")
+    True
+
+    Every sampler with scaug's default models takes minutes per seed on a CPU (not run here):
+
+    >>> res = scaug.tl.evaluate(adata, "cell_type", seeds=5)  # doctest: +SKIP
+    >>> print(scaug.evaluation.report(res, "evaluate-report/"))  # doctest: +SKIP
+    """
+    from . import evaluation
+
+    X = counts_of(adata, layer)
+    y, labelled = labels_of(adata, labels_key)
+    y = np.asarray(y, dtype=object)
+    y[~labelled] = None
+    return evaluation.evaluate(X, y, classifier=classifier, rare=rare, types=types, cap=cap,
+                               seeds=seeds, samplers=samplers, test_size=test_size,
+                               sampling_strategy=sampling_strategy, sampler_params=sampler_params,
+                               realism=realism, random_state=random_state, device=device,
+                               n_jobs=n_jobs, estimate=estimate, verbose=verbose)
+
+
+__all__ += ["evaluate"]
