@@ -63,11 +63,13 @@ html_theme_options = {
 html_static_path = []
 
 
-# -- every markdown report in docs/ is a page of "Benchmarks", whichever script wrote it -----------
+# -- every markdown report in docs/ is a page of the site, whichever script wrote it ---------------
+# results.rst lists the reports by topic, with a title that says what each measured; a report that
+# no page lists yet (a new script's) is added under "Not yet sorted" at the end of results.rst, so
+# the build stays complete without anyone editing this file.
 HERE = os.path.dirname(os.path.abspath(__file__))
-#: the reports in the order the Benchmarks page lists them; any other markdown file follows
-REPORT_ORDER = ["README", "fidelity_10shot", "fidelity", "downstream/downstream",
-                "knn_neighbours", "sampling_speed", "oversampler_cost"]
+#: pages whose toctrees list reports
+LISTING_PAGES = ("results.rst", "user_guide.rst", "index.rst")
 
 
 def markdown_reports():
@@ -78,15 +80,35 @@ def markdown_reports():
         rel = os.path.relpath(folder, HERE)
         found += [os.path.normpath(os.path.join(rel, f[:-3])).replace(os.sep, "/")
                   for f in sorted(files) if f.endswith(".md")]
-    known = [r for r in REPORT_ORDER if r in found]
-    return known + sorted(set(found) - set(known))
+    return found
 
 
-def _add_reports(app, docname, source):
-    if docname == "benchmarks":
-        entries = "".join(f"   {name}\n" for name in markdown_reports())
-        source[0] += f"\n.. toctree::\n   :maxdepth: 1\n\n{entries}"
+def listed_documents():
+    """Document names that a toctree of the listing pages names (``title <name>`` or ``name``)."""
+    listed = set()
+    for page in LISTING_PAGES:
+        with open(os.path.join(HERE, page), encoding="utf-8") as fh:
+            lines = fh.read().splitlines()
+        in_toctree = False
+        for line in lines:
+            if line.startswith(".. toctree::"):
+                in_toctree = True
+            elif in_toctree and line and not line.startswith(" "):
+                in_toctree = False
+            elif in_toctree and line.strip() and not line.strip().startswith(":"):
+                entry = line.strip()
+                listed.add(entry[entry.rfind("<") + 1:-1] if entry.endswith(">") else entry)
+    return listed
+
+
+def _add_unsorted_reports(app, docname, source):
+    if docname == "results":
+        unsorted = [name for name in markdown_reports() if name not in listed_documents()]
+        if unsorted:
+            entries = "".join(f"   {name}\n" for name in unsorted)
+            source[0] += ("\nNot yet sorted\n~~~~~~~~~~~~~~\n\n"
+                          f".. toctree::\n   :maxdepth: 1\n\n{entries}")
 
 
 def setup(app):
-    app.connect("source-read", _add_reports)
+    app.connect("source-read", _add_unsorted_reports)
