@@ -8,13 +8,9 @@ scanpy and the model load on first use of ``scaug.SCLD``, ``scaug.tl`` and the l
 from __future__ import annotations
 
 import importlib
-from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING
 
-try:
-    __version__ = version("scaug")
-except PackageNotFoundError:  # running from a source tree that was not installed
-    __version__ = "0.0.0"
+from ._version import __version__
 
 #: public name -> (module, attribute or None for the module itself)
 _LAZY = {

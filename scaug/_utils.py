@@ -1,61 +1,25 @@
-"""Small helpers shared by the model layer: devices, seeds, input checks, batching, files."""
+"""Small torch-free helpers: seeds, input checks, labels and genes, batching, parameter constraints.
+
+Everything here imports without torch, so that :mod:`scaug.metrics`, :mod:`scaug.datasets` and
+:mod:`scaug.preprocessing` do too; the helpers that need torch (devices, CPU threads, model
+files) are in :mod:`scaug._torch_utils`.
+"""
 
 from __future__ import annotations
 
-import functools
 import os
-import tempfile
 import warnings
 from collections.abc import Iterator
 from numbers import Integral
 
 import numpy as np
 import scipy.sparse as sp
-import torch
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import HasMethods
 from sklearn.utils._param_validation import Interval as _SklearnInterval
 
 #: version of the saved-model format; 2: summaries instead of per-cell data, provenance
 FORMAT_VERSION = 2
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """Turn a user's ``device`` argument into a :class:`torch.device`.
-
-    ``"auto"`` picks CUDA when it is available and the CPU otherwise; ``"cpu"`` forces the CPU;
-    ``"cuda"`` or ``"cuda:N"`` without a usable GPU is an error rather than a silent fallback.
-    """
-    if isinstance(device, torch.device):
-        name = str(device)
-    elif isinstance(device, str):
-        name = device.strip().lower()
-    else:
-        raise TypeError(
-            f"device must be 'auto', 'cpu', 'cuda', 'cuda:N' or a torch.device; got {device!r}."
-        )
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(name)
-    except RuntimeError as err:
-        raise ValueError(
-            f"device={device!r} is not a device name; use 'auto', 'cpu', 'cuda' or 'cuda:N'."
-        ) from err
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(
-                f"device={device!r} asks for CUDA, but torch sees no CUDA GPU here "
-                f"(torch {torch.__version__}). Use device='auto' or device='cpu'."
-            )
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise ValueError(
-                f"device={device!r} asks for GPU {dev.index}, but only "
-                f"{torch.cuda.device_count()} CUDA device(s) are visible."
-            )
-    elif dev.type != "cpu":
-        raise ValueError(f"device={device!r} is not supported; use 'auto', 'cpu' or 'cuda[:N]'.")
-    return dev
 
 
 def seed_from(random_state) -> int:
@@ -70,8 +34,11 @@ def seed_from(random_state) -> int:
                          f"RandomState; got {random_state!r} ({err}).") from None
 
 
-def cpu_generator(seed: int) -> torch.Generator:
-    """A CPU generator: noise is drawn on the CPU, then moved, so CPU and GPU see the same noise."""
+def cpu_generator(seed: int):
+    """A CPU ``torch.Generator``: noise is drawn on the CPU, then moved, so CPU and GPU see the
+    same noise. (torch is imported on call: this module stays importable without it.)"""
+    import torch
+
     gen = torch.Generator(device="cpu")
     gen.manual_seed(int(seed))
     return gen
@@ -321,53 +288,6 @@ def check_genes(n_features: int, names, *, expected_n: int, expected_names, what
             )
 
 
-def atomic_save(obj: dict, path, *, overwrite: bool) -> None:
-    """Write ``obj`` with torch.save via a temporary file, so no half-written model is ever left."""
-    path = os.fspath(path)
-    if os.path.isdir(path):
-        raise IsADirectoryError(f"path={path!r} is a directory; give a file name such as 'model.pt'.")
-    if os.path.exists(path) and not overwrite:
-        raise FileExistsError(f"{path!r} already exists; pass overwrite=True to replace it.")
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder):
-        raise FileNotFoundError(f"The folder {folder!r} for path={path!r} does not exist.")
-    fd, tmp = tempfile.mkstemp(prefix=".scaug-", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(obj, fh)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
-def checked_load(path, *, expected_class: str | None, required=()) -> dict:
-    """Load a file written by :func:`atomic_save` and check its format version, class and that
-    it holds every field in ``required`` (a damaged file names what it lacks)."""
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"No saved model at {path!r}.")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises several types for files that are not its own
-        raise ValueError(f"{path!r} is not a scaug model file ({type(err).__name__}: {err}).") from err
-    if not isinstance(state, dict) or "format_version" not in state or "class" not in state:
-        raise ValueError(f"{path!r} is not a scaug model file.")
-    if expected_class is not None and state["class"] != expected_class:
-        raise ValueError(
-            f"{path!r} holds a {state['class']}, not a {expected_class}; load it with "
-            f"scaug.{state['class']}.load."
-        )
-    if state["format_version"] != FORMAT_VERSION:
-        raise ValueError(
-            f"{path!r} was written in scaug model format {state['format_version']}, but this "
-            f"scaug reads format {FORMAT_VERSION}; re-fit or use the scaug version that wrote it."
-        )
-    check_fields(state, required, f"{path!r}", expected_class)
-    return state
-
-
 def check_fields(state: dict, required, where: str, what: str) -> None:
     """Refuse a saved state that lacks fields a loader reads."""
     missing = [k for k in required if k not in state]
@@ -397,23 +317,6 @@ class damaged_file:
 def to_plain_list(values) -> list:
     """Labels/names as plain Python objects so that torch.load(weights_only=True) can read them."""
     return [plain_label(v) for v in np.asarray(values, dtype=object)]
-
-
-class flush_denormal:
-    """Flush denormal floats to zero while training or sampling on the CPU.
-
-    Tiny weights and Adam statistics become denormal numbers, which x86 CPUs process up to 50
-    times slower; flushing them changes no result at float32 precision. torch has no getter for
-    the flag, so it is restored to torch's default (off) on exit.
-    """
-
-    def __enter__(self):
-        torch.set_flush_denormal(True)
-        return self
-
-    def __exit__(self, *exc):
-        torch.set_flush_denormal(False)
-        return False
 
 
 class PositiveIntTuple(HasMethods):
@@ -459,18 +362,6 @@ def plain_params(estimator, exclude=()) -> dict:
             for k, v in estimator.get_params(deep=False).items() if k not in exclude}
 
 
-def provenance(*, n_obs, n_features) -> dict:
-    """Who wrote a model file, when, and from what shape of data."""
-    import datetime
-
-    from . import __version__
-
-    return {"provenance": {
-        "scaug_version": __version__, "torch_version": str(torch.__version__),
-        "written": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "n_obs": None if n_obs is None else int(n_obs), "n_features": int(n_features)}}
-
-
 def check_sortable(y: np.ndarray) -> None:
     """Refuse labels that mix strings with numbers (numpy cannot sort them into classes)."""
     if y.dtype == object:
@@ -499,21 +390,3 @@ def validate_against(estimator, values: dict) -> None:
 
     constraints = {k: estimator._parameter_constraints[k] for k in values}
     validate_parameter_constraints(constraints, values, caller_name=type(estimator).__name__)
-
-
-def with_cpu_threads(method):
-    """Run an estimator method on ``self.cpu_threads`` torch CPU threads, then restore the
-    caller's setting (whatever happens inside)."""
-    @functools.wraps(method)
-    def wrapper(self, *args, **kwargs):
-        wanted = getattr(self, "cpu_threads", None)
-        if wanted is None:
-            return method(self, *args, **kwargs)
-        previous = torch.get_num_threads()
-        torch.set_num_threads(int(wanted))
-        try:
-            return method(self, *args, **kwargs)
-        finally:
-            torch.set_num_threads(previous)
-
-    return wrapper

@@ -24,7 +24,7 @@ import pandas as pd
 import scipy.sparse as sp
 from sklearn.utils._param_validation import StrOptions, validate_params
 
-from .preprocessing import _NumberInterval as Interval
+from ._utils import Interval
 
 __all__ = ["DATASETS", "DatasetInfo", "available", "load", "pbmc68k_reduced", "simulate"]
 
@@ -483,37 +483,11 @@ def simulate(
     ['batch_0', 'batch_1', 'batch_2']
     """
     n_cells, n_genes, n_types, n_markers = int(n_cells), int(n_genes), int(n_types), int(n_markers)
-    rare_sizes = list(rare_sizes)
-    for i, size in enumerate(rare_sizes):
-        if isinstance(size, (bool, np.bool_)) or not isinstance(size, Integral) or size < 1:
-            raise ValueError(
-                f"rare_sizes[{i}] must be an integer >= 1 (a rare type's number of cells); got "
-                f"{size!r}."
-            )
-    rare_sizes = [int(size) for size in rare_sizes]
+    rare_sizes, n_common, n_left = _check_sizes(n_cells, n_genes, n_types, n_markers, rare_sizes)
     fold_change, gene_mean, dispersion = float(fold_change), float(gene_mean), float(dispersion)
     gene_mean_sd, library_size_sd = float(gene_mean_sd), float(library_size_sd)
     n_batches = int(n_batches)
     batch_sds = (float(batch_effect_sd), float(batch_type_effect_sd), float(batch_library_sd))
-
-    n_common = n_types - len(rare_sizes)
-    if n_common < 1:
-        raise ValueError(
-            f"rare_sizes has {len(rare_sizes)} entries but n_types={n_types}; give fewer rare "
-            "sizes than types so that at least one common type remains."
-        )
-    n_left = n_cells - sum(rare_sizes)
-    if n_left < n_common:
-        raise ValueError(
-            f"rare_sizes sum to {sum(rare_sizes)} of n_cells={n_cells}, leaving {n_left} cells "
-            f"for {n_common} common type(s); each common type needs at least one cell. Increase "
-            "n_cells or decrease rare_sizes."
-        )
-    if n_types * n_markers > n_genes:
-        raise ValueError(
-            f"n_types * n_markers = {n_types} * {n_markers} = {n_types * n_markers} marker genes "
-            f"do not fit in n_genes={n_genes}; increase n_genes or decrease n_markers."
-        )
     rng = _generator(random_state)
 
     common_sizes = np.full(n_common, n_left // n_common)
@@ -547,34 +521,12 @@ def simulate(
     shape = 1.0 / gene_dispersion
     counts = rng.poisson(rng.gamma(shape, mean / shape))
 
-    X = sp.csr_matrix(counts.astype(np.float32))
-    obs = pd.DataFrame(
-        {
-            "cell_type": pd.Categorical.from_codes(labels, categories=names),
-            "n_counts": counts.sum(axis=1).astype(np.float32),
-            "size_factor": size_factor.astype(np.float32),
-        },
-        index=pd.Index([f"cell_{i}" for i in range(n_cells)]),
-    )
-    if n_batches > 1:
-        obs["batch"] = pd.Categorical.from_codes(
-            batch, categories=[f"batch_{b}" for b in range(n_batches)])
-    var = pd.DataFrame(
-        {"marker_of": pd.Categorical(marker_of, categories=names)},
-        index=pd.Index([f"gene_{g}" for g in range(n_genes)]),
-    )
-    params = {
-        "n_cells": n_cells,
-        "n_genes": n_genes,
-        "n_types": n_types,
-        "rare_sizes": np.asarray(rare_sizes, dtype=np.int64),
-        "n_markers": n_markers,
-        "fold_change": fold_change,
-        "gene_mean": gene_mean,
-        "gene_mean_sd": gene_mean_sd,
-        "library_size_sd": library_size_sd,
-        "dispersion": dispersion,
-    }
+    batches = batch if n_batches > 1 else None
+    X, obs, var = _simulated_tables(counts, labels, size_factor, batches, n_batches, names, marker_of)
+    params = {"n_cells": n_cells, "n_genes": n_genes, "n_types": n_types,
+              "rare_sizes": np.asarray(rare_sizes, dtype=np.int64), "n_markers": n_markers,
+              "fold_change": fold_change, "gene_mean": gene_mean, "gene_mean_sd": gene_mean_sd,
+              "library_size_sd": library_size_sd, "dispersion": dispersion}
     if n_batches > 1:
         params.update(n_batches=n_batches, batch_effect_sd=batch_sds[0],
                       batch_type_effect_sd=batch_sds[1], batch_library_sd=batch_sds[2])
@@ -589,3 +541,55 @@ def simulate(
         }
     }
     return ad.AnnData(X=X, obs=obs, var=var, uns=uns)
+
+
+def _check_sizes(n_cells: int, n_genes: int, n_types: int, n_markers: int, rare_sizes):
+    """:func:`simulate`'s sizes checked: ``(rare sizes as ints, common types, their cells)``."""
+    rare_sizes = list(rare_sizes)
+    for i, size in enumerate(rare_sizes):
+        if isinstance(size, (bool, np.bool_)) or not isinstance(size, Integral) or size < 1:
+            raise ValueError(
+                f"rare_sizes[{i}] must be an integer >= 1 (a rare type's number of cells); got "
+                f"{size!r}."
+            )
+    rare_sizes = [int(size) for size in rare_sizes]
+    n_common = n_types - len(rare_sizes)
+    if n_common < 1:
+        raise ValueError(
+            f"rare_sizes has {len(rare_sizes)} entries but n_types={n_types}; give fewer rare "
+            "sizes than types so that at least one common type remains."
+        )
+    n_left = n_cells - sum(rare_sizes)
+    if n_left < n_common:
+        raise ValueError(
+            f"rare_sizes sum to {sum(rare_sizes)} of n_cells={n_cells}, leaving {n_left} cells "
+            f"for {n_common} common type(s); each common type needs at least one cell. Increase "
+            "n_cells or decrease rare_sizes."
+        )
+    if n_types * n_markers > n_genes:
+        raise ValueError(
+            f"n_types * n_markers = {n_types} * {n_markers} = {n_types * n_markers} marker genes "
+            f"do not fit in n_genes={n_genes}; increase n_genes or decrease n_markers."
+        )
+    return rare_sizes, n_common, n_left
+
+
+def _simulated_tables(counts, labels, size_factor, batch, n_batches, names, marker_of):
+    """:func:`simulate`'s ``X`` (CSR), ``obs`` and ``var``."""
+    X = sp.csr_matrix(counts.astype(np.float32))
+    obs = pd.DataFrame(
+        {
+            "cell_type": pd.Categorical.from_codes(labels, categories=names),
+            "n_counts": counts.sum(axis=1).astype(np.float32),
+            "size_factor": size_factor.astype(np.float32),
+        },
+        index=pd.Index([f"cell_{i}" for i in range(counts.shape[0])]),
+    )
+    if batch is not None:
+        obs["batch"] = pd.Categorical.from_codes(
+            batch, categories=[f"batch_{b}" for b in range(n_batches)])
+    var = pd.DataFrame(
+        {"marker_of": pd.Categorical(marker_of, categories=names)},
+        index=pd.Index([f"gene_{g}" for g in range(counts.shape[1])]),
+    )
+    return X, obs, var

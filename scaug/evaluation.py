@@ -747,7 +747,7 @@ def evaluate(X, y, *, classifier="xgboost", rare=3, types=None, cap=None, seeds=
     seed_list = _seeds_of(seeds, random_state)
     splits = _splits(y, chosen, seed_list, test_size, cap)
     if device != "auto":
-        from ._utils import resolve_device
+        from ._torch_utils import resolve_device
 
         resolve_device(device)
     enc = LabelEncoder().fit(y)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from . import _utils
+from . import _torch_utils
 from .autoencoder import CellAutoencoder
 from .model import SCLD
 
@@ -12,7 +12,7 @@ _LOADERS = {"SCLD": SCLD, "CellAutoencoder": CellAutoencoder}
 
 def saved_class(path) -> str:
     """The name of the class a scaug model file holds (``"SCLD"`` or ``"CellAutoencoder"``)."""
-    return _utils.checked_load(path, expected_class=None)["class"]
+    return _torch_utils.checked_load(path, expected_class=None)["class"]
 
 
 def load(path, device="auto") -> SCLD | CellAutoencoder:

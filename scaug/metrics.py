@@ -82,8 +82,8 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import HasMethods, StrOptions, validate_params
 
+from ._utils import Interval
 from .preprocessing import NormalizeLog1p
-from .preprocessing import _NumberInterval as Interval
 
 __all__ = [
     "DegenerateInputWarning",

@@ -4,63 +4,22 @@ from __future__ import annotations
 
 import copy
 import os
-import warnings
 from collections.abc import Mapping
 from numbers import Integral, Real
 
 import numpy as np
-import scipy.sparse as sp
 import torch
 from sklearn.base import BaseEstimator, _fit_context, clone
 from sklearn.utils._param_validation import StrOptions
 from sklearn.utils.validation import check_is_fitted
-from tqdm.auto import tqdm
 
-from . import _utils, sampling
+from . import _torch_utils, _utils, model_file, sampling, stages
+from . import conditions as cond
 from .autoencoder import STATE_FIELDS as AE_STATE_FIELDS
-from .autoencoder import CellAutoencoder
+from .autoencoder import CellAutoencoder, is_fitted_autoencoder
 from .diffusion import SAMPLERS, GaussianDiffusion
-from .nn import Denoiser, LatentClassifier
-from .train import (
-    BalancedDraws,
-    ClassifierPlan,
-    ConvergenceStop,
-    DenoiserPlan,
-    MinibatchData,
-    OnDiskCells,
-    check_trainer_kwargs,
-    fit_plan,
-    process_rank,
-    validation_split,
-)
-
-
-def _smoothed_bootstrap(Z: np.ndarray, codes: np.ndarray, strength: float):
-    """Per cell: its latent shrunk toward its type's mean, and the sd of the noise to add.
-
-    Silverman's smoothed bootstrap with variance correction: a type of ``n`` cells gets Gaussian
-    noise of ``f = min(1, strength / sqrt(n))`` times its per-dimension sd, and its cells are
-    shrunk toward the type mean by ``1 / sqrt(1 + f**2)`` so the type keeps its variance. A
-    denoiser trained on ten cells of a type otherwise learns those ten points and samples them
-    back (copies, in latent space); the noise fades as a type grows.
-    """
-    shrunk = Z.copy()
-    sd = np.zeros_like(Z)
-    for c in np.unique(codes[codes >= 0]):  # unlabelled cells (code -1) are learned as they are
-        where = codes == c
-        n = int(where.sum())
-        f = min(1.0, strength / np.sqrt(n))
-        if n < 2 or f == 0:
-            continue
-        mean, scale = Z[where].mean(0), Z[where].std(0)
-        shrunk[where] = mean + (Z[where] - mean) / np.sqrt(1 + f**2)
-        sd[where] = f * scale / np.sqrt(1 + f**2)
-    return shrunk.astype(np.float32), sd.astype(np.float32)
-
-
-def _default_steps(n_obs: int, base: int) -> int:
-    # more data wants more steps, but even 100 cells need enough steps to learn the latents
-    return int(np.clip(base * (1 + np.log10(max(n_obs, 10) / 1000) / 2), base // 2, 3 * base))
+from .sampling import smoothed_bootstrap as _smoothed_bootstrap  # noqa: F401  (0.1's name)
+from .train import process_rank
 
 
 class SCLD(BaseEstimator):
@@ -359,55 +318,13 @@ class SCLD(BaseEstimator):
         # a fitted autoencoder is a pretrained artefact, not a template: a clone reuses it (SCLD
         # never modifies it) instead of replacing it by an unfitted copy that would be retrained
         params = self.get_params(deep=False)
-        pretrained = _is_fitted_autoencoder(params["autoencoder"])
+        pretrained = is_fitted_autoencoder(params["autoencoder"])
         return type(self)(**{k: v if (k == "autoencoder" and pretrained) else clone(v, safe=False)
                              for k, v in params.items()})
 
-    # -- the autoencoder -----------------------------------------------------------------------
-    def _pretrained_autoencoder(self, device):
-        """A private copy of the given fitted autoencoder (the user's object is never changed),
-        or None when one must be trained."""
-        ae = self.autoencoder
-        if isinstance(ae, str | os.PathLike):
-            return CellAutoencoder.load(ae, device=device)
-        if _is_fitted_autoencoder(ae):
-            ae = copy.deepcopy(ae)
-            ae._set_runtime(device)
-            return ae
-        return None
-
-    def _new_autoencoder(self, device, seed) -> CellAutoencoder:
-        if isinstance(self.autoencoder, CellAutoencoder):  # a template
-            ae = clone(self.autoencoder)
-            epochs = ae.max_epochs
-            if self.max_epochs is not None:
-                epochs = self.max_epochs if epochs is None else min(epochs, self.max_epochs)
-            return ae.set_params(max_epochs=epochs, device=device, random_state=seed,
-                                 verbose=self.verbose, trainer_kwargs=self.trainer_kwargs,
-                                 cpu_threads=None)
-        # cpu_threads=None: this model's setting is already in force
-        return CellAutoencoder(n_latent=int(self.n_latent), hidden=tuple(self.ae_hidden),
-                               learning_rate=self.learning_rate, max_epochs=self.max_epochs,
-                               early_stopping=self.early_stopping,
-                               validation_fraction=self.validation_fraction,
-                               n_iter_no_change=self.n_iter_no_change, tol=self.tol,
-                               device=device, random_state=seed, verbose=self.verbose,
-                               trainer_kwargs=self.trainer_kwargs, cpu_threads=None)
-
-    def _validation_cells(self, y, n_cells: int, on_disk: bool, seed: int):
-        """The cells held out to stop training at convergence (None: train the full budget).
-
-        Taken only from types (and the unlabelled cells) of at least 100 cells, so a rare type
-        keeps every cell for training."""
-        if not self.early_stopping or on_disk:
-            return None
-        groups = (np.zeros(n_cells, np.int64) if y is None
-                  else np.unique(np.asarray(y).astype(str), return_inverse=True)[1])
-        return validation_split(groups, float(self.validation_fraction), seed)
-
     # -- fit -----------------------------------------------------------------------------------
     @_fit_context(prefer_skip_nested_validation=True)
-    @_utils.with_cpu_threads
+    @_torch_utils.with_cpu_threads
     def fit(self, X, y=None, *, conditions=None, feature_names=None):
         """Fit the autoencoder (unless given) and the latent diffusion model.
 
@@ -452,167 +369,24 @@ class SCLD(BaseEstimator):
             model stays unfitted, a fitted one keeps its previous state).
         """
         _utils.validate_params(self)
-        if isinstance(self.autoencoder, CellAutoencoder) and not _is_fitted_autoencoder(
-                self.autoencoder):  # a template: its settings too, before any training
-            _utils.validate_params(self.autoencoder)
-            check_trainer_kwargs(self.autoencoder.trainer_kwargs)
-        device = _utils.resolve_device(self.device)
-        check_trainer_kwargs(self.trainer_kwargs)
-        on_disk = isinstance(X, OnDiskCells)
-        names = _utils.resolve_feature_names(X.signature() if on_disk else X, feature_names)
-        if on_disk:
-            y = X.labels if y is None else y
-        else:
-            X = _utils.check_matrix(X, min_rows=2)
-        unlabelled = np.zeros(X.shape[0], dtype=bool)
-        if y is not None:
-            y = _utils.check_labels(y, X.shape[0])
-            unlabelled = _utils.unlabelled_mask(y)
-            if unlabelled.all():
-                raise ValueError("Every label in y is -1 (unlabelled); fit with y=None for a "
-                                 "model without labels, or label some cells.")
-            if self.latent_centering == "type" and unlabelled.any():
-                raise ValueError(
-                    f"latent_centering='type' needs every cell's type, but y has "
-                    f"{int(unlabelled.sum())} unlabelled cell(s) (-1): an unlabelled cell has no "
-                    "type mean to subtract. Use latent_centering='global' to learn them.")
-            _utils.check_sortable(y[~unlabelled])
-        attributes = sampling.check_conditions(conditions, X.shape[0])
-        ae = self._pretrained_autoencoder(device)
-        overlap = None
-        if ae is not None:
-            # other genes (by name) are aligned, or refused before any training
-            overlap = ae._overlap_or_none(X.shape[1], names, float(self.min_gene_overlap))
-            if ae.likelihood_ == "nb" and not _utils.is_count_matrix(X.sample() if on_disk else X):
-                raise ValueError("The given autoencoder models counts, but X is not integer counts.")
-
+        data = stages.check_input(self, X, y, conditions, feature_names)
         seed = _utils.seed_from(self.random_state)
-        validation = self._validation_cells(y, X.shape[0], on_disk, seed)
-        trained_here = ae is None
-        if ae is None:
-            ae = self._new_autoencoder(device, seed).fit(
-                X, feature_names=names,
-                validation_cells=validation if validation is not None else np.zeros(X.shape[0], bool))
-        elif overlap is not None:  # a private copy, so its settings may change
-            reordered = overlap["n_new"] == 0 and overlap["n_missing"] == 0
-            ae = ae.set_params(verbose=self.verbose, trainer_kwargs=self.trainer_kwargs,
-                               cpu_threads=None).adapt(
-                X, feature_names=names, min_overlap=float(self.min_gene_overlap),
-                max_epochs=0 if reordered else self.max_epochs, random_state=seed)
-        Z, library = X.encode(ae) if on_disk else (ae._latents(X), _utils.row_sums(X))
-        if y is None:
-            classes = None
-            codes = np.zeros(X.shape[0], dtype=np.int64)
-        else:
-            classes, labelled_codes = np.unique(y[~unlabelled], return_inverse=True)
-            # unlabelled cells get the null label's index: the diffusion model learns them under it
-            codes = np.full(X.shape[0], len(classes), dtype=np.int64)
-            codes[~unlabelled] = labelled_codes
-        n_classes = 1 if classes is None else len(classes)
-        counts = ae.likelihood_ == "nb"
-        latent_mean = Z.mean(0)
-        latent_scale = Z.std(0) + 1e-6
-        Zs = ((Z - latent_mean) / latent_scale).astype(np.float32)
-        labelled = ~unlabelled
-        summaries = sampling.TypeSummaries.fit(
-            Zs[labelled], codes[labelled], n_classes,
-            library=library[labelled] if counts else None,
-            quantile=float(self.screening_quantile))
-        # the attributes: values sorted (as classes_), codes in the denoiser's columns, and the
-        # groups of one type and one value of each attribute for the smoothed bootstrap
-        condition_values, attribute_codes = _condition_codes(attributes, X.shape[0])
-        typed = np.where(unlabelled | (y is None), -1, codes)  # -1: a cell without a type
-        train_codes = codes if not attributes else np.column_stack([codes, attribute_codes])
-        groups = np.where(unlabelled, -1, codes)  # unlabelled cells are learned as they are
-        if attributes:
-            groups = _group_ids(np.column_stack([groups, attribute_codes]), groups < 0)
-        library_shifts = (_library_shifts(library, typed, attribute_codes, condition_values,
-                                          n_classes) if counts and attributes else {})
-
-        n_steps = self.diffusion_steps or _default_steps(X.shape[0], 3000)
-        if self.max_epochs is not None:
-            n_steps = min(n_steps, self.max_epochs * max(1, int(np.ceil(X.shape[0] / self.batch_size))))
+        validation = stages.validation_cells(self, data.y, data.X.shape[0], data.on_disk, seed)
+        ae = stages.fit_autoencoder(self, data, seed, validation)
+        latents = stages.latent_targets(self, data, ae)
         diffusion = GaussianDiffusion()
-        null = n_classes if classes is not None else 0
-        # what the denoiser learns: the latents, or (type centring) their offsets from the
-        # type's mean, so that how cells vary within a type is learned from every type at once
-        targets = Zs - summaries.mean[codes].astype(np.float32) \
-            if self.latent_centering == "type" else Zs
-        shrunk, spread = _smoothed_bootstrap(targets, groups, float(self.latent_smoothing))
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), \
-                _utils.flush_denormal():
-            torch.manual_seed(seed + 1)
-            denoiser = Denoiser(Zs.shape[1], n_classes, int(self.width), int(self.depth),
-                                n_values=[len(v) for v in condition_values.values()])
-            rows, stopping = None, None
-            # a stage too short to be checked n_iter_no_change + 1 times trains on every cell
-            if validation is not None and n_steps >= 100 * (self.n_iter_no_change + 1):
-                rows = np.flatnonzero(~validation)
-                stopping = ConvergenceStop(patience=self.n_iter_no_change, tol=self.tol,
-                                           check_every=100)
-            plan = DenoiserPlan(denoiser, diffusion, null_label=null,
-                                attribute_nulls=denoiser.n_values,
-                                label_dropout=self.label_dropout, conditional=classes is not None,
-                                learning_rate=self.learning_rate, n_steps=n_steps, seed=seed + 1,
-                                validation=None if rows is None
-                                else (targets[validation], train_codes[validation]))
-            data = MinibatchData([shrunk, spread, train_codes], batch_size=int(self.batch_size),
-                                 seed=seed + 1, n_batches=n_steps, rows=rows,
-                                 draw=BalancedDraws(codes if rows is None else codes[rows]))
-            fit_plan(plan, data, device=device, trainer_kwargs=self.trainer_kwargs,
-                     max_steps=n_steps, desc="diffusion", verbose=self.verbose,
-                     stopping=stopping)
-            denoiser_ema, diffusion_history = plan.averaged.eval(), list(plan.history)
-            diffusion_stopped_at = None if stopping is None else stopping.stopped_at
-            classifier, classifier_history = None, []
-            wants_classifier = (self.latent_classifier is True or (
-                self.latent_classifier == "auto"
-                and (self.classifier_scale > 0 or self.screening)))
-            if classes is not None and n_classes > 1 and wants_classifier:
-                clf = LatentClassifier(Zs.shape[1], n_classes)
-                n_clf = max(1, n_steps // 2)
-                cplan = ClassifierPlan(clf, diffusion, learning_rate=self.learning_rate,
-                                       n_steps=n_clf, seed=seed + 2)
-                cdata = MinibatchData([Zs[labelled], codes[labelled]],
-                                      batch_size=int(self.batch_size), seed=seed + 2,
-                                      n_batches=n_clf, draw=BalancedDraws(codes[labelled]))
-                fit_plan(cplan, cdata, device=device, trainer_kwargs=self.trainer_kwargs,
-                         max_steps=n_clf, desc="classifier", verbose=self.verbose)
-                classifier, classifier_history = cplan.averaged.eval(), list(cplan.history)
-
+        n_steps = stages.denoiser_steps(self, data.X.shape[0])
+        with _torch_utils.seeded(seed + 1, data.device):
+            denoiser = stages.fit_denoiser(self, latents, diffusion, validation, n_steps, seed,
+                                           data.device)
+            classifier = stages.fit_classifier(self, latents, diffusion, n_steps, seed,
+                                               data.device)
         # all or nothing: the fitted state is set only once every stage has finished
-        _utils.drop_fitted_state(self)
-        self.autoencoder_ = ae
-        self.gene_overlap_ = overlap
-        self.counts_ = counts
-        self.n_features_in_ = X.shape[1]
-        if names is not None:
-            self.feature_names_in_ = names
-        self.input_dtype_ = str(X.dtype)
-        self.sparse_input_ = X.sparse if on_disk else sp.issparse(X)
-        self.n_train_ = int(X.shape[0])
-        self.classes_ = classes
-        self.class_counts_ = np.bincount(codes[labelled], minlength=n_classes)
-        self.n_unlabelled_ = int(unlabelled.sum())
-        self.latent_mean_ = latent_mean
-        self.latent_scale_ = latent_scale
-        self.type_summaries_ = summaries
-        self.conditions_ = condition_values
-        self.condition_counts_ = _count_table(classes, condition_values, *np.unique(
-            np.column_stack([typed, attribute_codes]), axis=0, return_counts=True))
-        self.library_shifts_ = library_shifts
-        self.diffusion_ = diffusion
-        self.classifier_ = None if classifier is None else classifier.to(device)
-        self.classifier_history_ = classifier_history
-        self.stopped_at_ = {"autoencoder": ae.stopped_at_ if trained_here else None,
-                            "diffusion": diffusion_stopped_at}
-        self.diffusion_history_ = diffusion_history
-        self.device_ = device
-        self.denoiser_ = denoiser_ema.to(device)  # last: check_is_fitted looks for it
+        stages.set_fitted_state(self, data, ae, latents, diffusion, denoiser, classifier)
         return self
 
     # -- sampling ------------------------------------------------------------------------------
-    @_utils.with_cpu_threads
+    @_torch_utils.with_cpu_threads
     def sample(self, n, *, conditions=None, condition_scales=None, random_state=None,
                guidance_scale=None, classifier_scale=None, refinement=None, screening=None,
                screening_threshold=None, n_sample_steps=None, sampler=None, batch_size=4096,
@@ -702,182 +476,37 @@ n_sample_steps, sampler
             raise ValueError(f"n_sample_steps={opts['n_sample_steps']} is more than the "
                              f"{self.diffusion_.n_steps} noise levels the model was trained on; "
                              "give at most that many (10-50 is the useful range).")
-        values = self._condition_values()
-        scales = _attribute_scales(condition_scales, values)
+        values = cond.values_of(self)
+        scales = cond.attribute_scales(condition_scales, values)
         seed = _utils.seed_from(self.random_state if random_state is None else random_state)
         rng = np.random.default_rng(seed)
         gen = _utils.cpu_generator(seed)
         class_counts = self.class_counts_
         if conditions is not None and not isinstance(n, Mapping):
             # the population within the given values: their training cells' type proportions
-            fixed = sampling.resolve_conditions(conditions, values, 1, per_cell=False)[0]
-            class_counts = self._class_counts_within(fixed)
+            fixed = cond.resolve_conditions(conditions, values, 1, per_cell=False)[0]
+            class_counts = cond.class_counts_within(self, fixed)
         plan = sampling.resolve_request(n, self.classes_, class_counts, rng, int(max_cells))
-        attribute_codes = sampling.resolve_conditions(
+        attribute_codes = cond.resolve_conditions(
             conditions, values, sum(k for _, k in plan), per_cell=isinstance(n, Mapping))
-        with _utils.flush_denormal():
-            return self._sample(plan, attribute_codes, scales, opts, int(batch_size), rng, gen)
+        with _torch_utils.flush_denormal():
+            draw = sampling.latent_drawer(self, opts, scales, int(batch_size), gen)
+            Zs, codes, self.sampling_report_ = sampling.draw_plan(self, plan, attribute_codes,
+                                                                  draw, opts)
+            Z = (Zs * self.latent_scale_ + self.latent_mean_).astype(np.float32)
+            if not np.all(np.isfinite(Z)):  # never decode cells from NaN: they would be all zeros
+                raise ValueError(
+                    f"SCLD drew {int((~np.isfinite(Z).all(1)).sum())} non-finite latent(s); its "
+                    "networks are not finite (a damaged file, or weights changed after fitting). "
+                    "Fit the model again, with a lower learning_rate if training diverged.")
+            self.sample_latents_ = Z
+            self.sample_conditions_ = cond.conditions_frame(attribute_codes, values)
+            X = sampling.decode_cells(self, Z, codes, attribute_codes, rng, gen)
+        return X, None if self.classes_ is None else self.classes_[codes]
 
     def _condition_values(self) -> dict:
-        return getattr(self, "conditions_", None) or {}  # a model pickled before conditions
-
-    def _pair_counts(self) -> dict:
-        """Per attribute, training cells per (type, value): labelled types only, one row of all
-        cells for a model without labels."""
-        values = self._condition_values()
-        table = self.condition_counts_
-        if self.classes_ is None:
-            rows = np.zeros(len(table), dtype=np.int64)
-            n_rows = 1
-        else:
-            lookup = {_utils.plain_label(c): i for i, c in enumerate(self.classes_)}
-            # -1 (cells without a type) is never a class
-            rows = np.array([lookup.get(_utils.plain_label(c), -1) for c in table["cell_type"]],
-                            dtype=np.int64)
-            n_rows = len(self.classes_)
-        out = {}
-        for name, vals in values.items():
-            lookup = {_utils.plain_label(v): i for i, v in enumerate(vals)}
-            cols = np.array([lookup[_utils.plain_label(v)] for v in table[name]], dtype=np.int64)
-            counts = np.zeros((n_rows, len(vals)), dtype=np.int64)
-            keep = rows >= 0
-            np.add.at(counts, (rows[keep], cols[keep]), table["n_cells"].to_numpy()[keep])
-            out[name] = counts
-        return out
-
-    def _class_counts_within(self, fixed: np.ndarray) -> np.ndarray:
-        """Training cells of each type that have every given (non-null) attribute value."""
-        values = self._condition_values()
-        table = self.condition_counts_
-        keep = np.ones(len(table), dtype=bool)
-        given = []
-        for j, (name, vals) in enumerate(values.items()):
-            if fixed[j] < len(vals):
-                keep &= np.array([_utils.plain_label(v) == _utils.plain_label(vals[fixed[j]])
-                                  for v in table[name]], dtype=bool)
-                given.append(f"{name}={_utils.plain_label(vals[fixed[j]])!r}")
-        if self.classes_ is None:
-            counts = np.array([int(table["n_cells"][keep].sum())])
-        else:
-            lookup = {_utils.plain_label(c): i for i, c in enumerate(self.classes_)}
-            counts = np.zeros(len(self.classes_), dtype=np.int64)
-            for c, m in zip(table["cell_type"][keep], table["n_cells"][keep], strict=True):
-                i = lookup.get(_utils.plain_label(c))
-                if i is not None:
-                    counts[i] += int(m)
-        if given and counts.sum() == 0:
-            warnings.warn(f"No labelled training cell has {', '.join(given)}; the types are drawn "
-                          "in the proportions of all training cells.", UserWarning, stacklevel=4)
-            return self.class_counts_
-        return counts if given else self.class_counts_
-
-    def _sample(self, plan, attribute_codes, scales, opts, batch_size, rng, gen):
-        labelled = self.classes_ is not None
-        null = len(self.classes_) if labelled else 0
-        values = self._condition_values()
-        names = list(values)
-        n_latent = len(self.latent_mean_)
-
-        centred = self.latent_centering == "type"
-
-        def draw(code, attrs, m):
-            offset = self.type_summaries_.mean[code].astype(np.float32) if centred else 0.0
-            Z = sampling.draw_latents(
-                self.diffusion_, self.denoiser_, self.classifier_, code=code, n=m,
-                n_latent=n_latent, labelled=labelled, null=null, gen=gen,
-                device=self.device_, guidance_scale=float(opts["guidance_scale"]),
-                classifier_scale=float(opts["classifier_scale"]),
-                n_sample_steps=int(opts["n_sample_steps"]), sampler=opts["sampler"],
-                batch_size=batch_size, attributes=attrs, attribute_scales=scales)
-            if opts["refinement"] > 0:
-                Z = sampling.refine_latents(
-                    self.diffusion_, self.denoiser_, Z, strength=float(opts["refinement"]),
-                    null=null, attributes=attrs, gen=gen, device=self.device_,
-                    n_sample_steps=int(opts["n_sample_steps"]), sampler=opts["sampler"],
-                    batch_size=batch_size)
-            return offset + Z
-
-        pairs = self._pair_counts() if names else {}
-        report, blocks_z, blocks_y, unseen = {}, [], [], []
-        bar = tqdm(total=sum(k for _, k in plan), desc="sampling", disable=not self.verbose,
-                   leave=False)
-        offset = 0
-        for code, k in plan:
-            if k == 0:
-                continue
-            label = _utils.plain_label(self.classes_[code]) if labelled else None
-            rows = attribute_codes[offset:offset + k]
-            offset += k
-            if names:  # one run of the sampler per combination of values, in a fixed order
-                combos, inverse = np.unique(rows, axis=0, return_inverse=True)
-                groups = [(combo, np.flatnonzero(inverse.ravel() == g))
-                          for g, combo in enumerate(combos)]
-            else:
-                groups = [(None, np.arange(k))]
-            Zc = np.empty((k, n_latent), dtype=np.float32)
-            drawn = accepted = 0
-            for combo, idx in groups:
-                if not opts["screening"]:
-                    Zg, d, a = draw(code, combo, len(idx)), len(idx), len(idx)
-                else:
-                    def accept(Z, code=code):
-                        return sampling.screen(
-                            self.type_summaries_, self.classifier_, self.diffusion_, code, Z,
-                            threshold=opts["screening_threshold"],
-                            tolerance=self.screening_tolerance, device=self.device_)
-
-                    where = "" if combo is None else "".join(
-                        f" {n}={_utils.plain_label(values[n][c])!r}"
-                        for n, c in zip(names, combo, strict=True) if c < len(values[n]))
-                    Zg, d, a = sampling.screened_latents(
-                        lambda m, code=code, combo=combo: draw(code, combo, m), accept, len(idx),
-                        max_rounds=self.max_rounds,
-                        label=("cells" if label is None else str(label)) + where)
-                Zc[idx] = Zg
-                drawn, accepted = drawn + d, accepted + a
-            report[label] = {"requested": k, "drawn": drawn, "accepted": accepted,
-                             "acceptance_rate": accepted / drawn if drawn else float("nan")}
-            if names:
-                report[label]["conditions"] = _condition_report(
-                    rows, values, pairs, code if labelled else 0, label, unseen)
-            blocks_z.append(Zc)
-            blocks_y.append(np.full(k, code))
-            bar.update(k)
-        bar.close()
-        if unseen:
-            listed = ", ".join(f"{'' if t is None else f'{t!r} in '}{n}={v!r} ({m} cells)"
-                               for t, n, v, m in unseen)
-            warnings.warn(
-                f"No training cell had these (type, value) pairs: {listed}. SCLD composes such "
-                "cells from what it learned of the type and of the value apart; check them "
-                "before use (sampling_report_[type]['conditions']).", UserWarning, stacklevel=4)
-        self.sampling_report_ = report
-        Zs = np.concatenate(blocks_z) if blocks_z else np.zeros((0, n_latent), np.float32)
-        codes = np.concatenate(blocks_y) if blocks_y else np.zeros(0, np.int64)
-        Z = (Zs * self.latent_scale_ + self.latent_mean_).astype(np.float32)
-        if not np.all(np.isfinite(Z)):  # never decode cells from NaN: they would be all zeros
-            raise ValueError(
-                f"SCLD drew {int((~np.isfinite(Z).all(1)).sum())} non-finite latent(s); its "
-                "networks are not finite (a damaged file, or weights changed after fitting). "
-                "Fit the model again, with a lower learning_rate if training diverged.")
-        self.sample_latents_ = Z
-        self.sample_conditions_ = _conditions_frame(attribute_codes, values)
-        library = self.type_summaries_.draw_library(codes, rng) if self.counts_ else None
-        shifts = getattr(self, "library_shifts_", None)
-        if library is not None and shifts:
-            # each given value's library-size shift (a marginalised attribute shifts nothing)
-            rows = codes if labelled else np.zeros_like(codes)
-            shift = sum(np.pad(shifts[n], ((0, 0), (0, 1)))[rows, attribute_codes[:, j]]
-                        for j, n in enumerate(names))
-            library = np.round(library * np.exp(shift)).astype(np.float32)
-        # about 64 MB of float32 per decoded block, whatever the number of genes
-        cells_per_batch = max(1, min(4096, 2**24 // self.n_features_in_))
-        X = sampling.decode(self.autoencoder_, Z, library, gen, sparse=self.sparse_input_,
-                            cells_per_batch=cells_per_batch)
-        if self.counts_ and np.issubdtype(np.dtype(self.input_dtype_), np.integer):
-            X = X.astype(sampling.output_dtype(self.input_dtype_, X.max() if X.shape[0] else 0))
-        labels = None if self.classes_ is None else self.classes_[codes]
-        return X, labels
+        # 0.1's name, until scaug.oversampler and scaug.tl call scaug.conditions.values_of
+        return cond.values_of(self)
 
     # -- genes and persistence -----------------------------------------------------------------
     def check_genes(self, X) -> None:
@@ -900,93 +529,17 @@ n_sample_steps, sampler
         check_is_fitted(self, "denoiser_")
         if process_rank()[0] != 0:
             return
-        names = getattr(self, "feature_names_in_", None)
-        params = _utils.plain_params(self, exclude=("autoencoder", "device", "random_state",
-                                                    "trainer_kwargs", "cpu_threads"))
-
-        def weights(module):
-            return None if module is None else {k: v.detach().cpu() for k, v in module.state_dict().items()}
-
-        state = {
-            "format_version": _utils.FORMAT_VERSION, "class": "SCLD", "params": params,
-            "random_state": self.random_state if isinstance(self.random_state, int) else None,
-            "autoencoder": self.autoencoder_._state(),
-            "gene_overlap": self.gene_overlap_,
-            "denoiser": weights(self.denoiser_), "classifier": weights(self.classifier_),
-            "classes": None if self.classes_ is None else _utils.to_plain_list(self.classes_),
-            "classes_dtype": None if self.classes_ is None else str(self.classes_.dtype),
-            "class_counts": [int(c) for c in self.class_counts_],
-            "n_unlabelled": int(self.n_unlabelled_),
-            "n_features_in": int(self.n_features_in_),
-            "feature_names_in": None if names is None else _utils.to_plain_list(names),
-            "input_dtype": self.input_dtype_, "sparse_input": self.sparse_input_,
-            "latent_mean": torch.from_numpy(self.latent_mean_),
-            "latent_scale": torch.from_numpy(self.latent_scale_),
-            "type_summaries": self.type_summaries_.state(),
-            "conditions": _conditions_state(self),
-            "diffusion_steps": self.diffusion_.n_steps,
-            "history": {"diffusion": [float(v) for v in self.diffusion_history_],
-                        "classifier": [float(v) for v in self.classifier_history_]},
-            "stopped_at": self.stopped_at_,
-            **_utils.provenance(n_obs=self.n_train_, n_features=self.n_features_in_),
-        }
-        _utils.atomic_save(state, path, overwrite=overwrite)
+        _torch_utils.atomic_save(model_file.to_state(self), path, overwrite=overwrite)
 
     @classmethod
     def load(cls, path, device="auto") -> SCLD:
         """Read a model written by :meth:`save`; ``device`` picks where it samples."""
-        state = _utils.checked_load(path, expected_class="SCLD", required=_STATE_FIELDS)
+        state = _torch_utils.checked_load(path, expected_class="SCLD",
+                                          required=model_file.STATE_FIELDS)
         _utils.check_fields(state["autoencoder"], AE_STATE_FIELDS, f"{os.fspath(path)!r}",
                             "SCLD's autoencoder")
         with _utils.damaged_file(path):
-            return cls._from_state(state, path, device)
-
-    @classmethod
-    def _from_state(cls, state: dict, path, device) -> SCLD:
-        params = dict(state["params"])
-        params["ae_hidden"] = tuple(params["ae_hidden"])
-        model = cls(**params, device=device, random_state=state["random_state"])
-        dev = _utils.resolve_device(device)
-        model.autoencoder_ = CellAutoencoder._from_state(state["autoencoder"], device=device)
-        model.gene_overlap_ = state.get("gene_overlap")
-        model.counts_ = model.autoencoder_.likelihood_ == "nb"
-        if state["classes"] is None:
-            model.classes_ = None
-        else:
-            model.classes_ = np.asarray(state["classes"], dtype=np.dtype(state["classes_dtype"])
-                                        if state["classes_dtype"] != "object" else object)
-        model.class_counts_ = np.asarray(state["class_counts"], dtype=np.int64)
-        model.n_unlabelled_ = state["n_unlabelled"]
-        model.n_features_in_ = state["n_features_in"]
-        if state["feature_names_in"] is not None:
-            model.feature_names_in_ = np.asarray(state["feature_names_in"], dtype=object)
-        model.input_dtype_ = state["input_dtype"]
-        model.sparse_input_ = state["sparse_input"]
-        model.n_train_ = state["provenance"]["n_obs"]
-        model.provenance_ = dict(state["provenance"])
-        model.latent_mean_ = state["latent_mean"].numpy()
-        model.latent_scale_ = state["latent_scale"].numpy()
-        model.type_summaries_ = sampling.TypeSummaries.from_state(state["type_summaries"])
-        # files written before conditions existed have none
-        (model.conditions_, model.condition_counts_,
-         model.library_shifts_) = _conditions_from_state(state.get("conditions"), model, path,
-                                                         state["denoiser"])
-        model.diffusion_ = GaussianDiffusion(state["diffusion_steps"])
-        model.diffusion_history_ = state["history"]["diffusion"]
-        model.classifier_history_ = state["history"]["classifier"]
-        model.stopped_at_ = state.get("stopped_at", {"autoencoder": None, "diffusion": None})
-        d, n_classes = len(model.latent_mean_), len(model.class_counts_)
-        model.classifier_ = None
-        if state["classifier"] is not None:
-            model.classifier_ = LatentClassifier(d, n_classes)
-            model.classifier_.load_state_dict(state["classifier"])
-            model.classifier_.to(dev).eval()
-        model.device_ = dev
-        model.denoiser_ = Denoiser(d, n_classes, int(model.width), int(model.depth),
-                                   n_values=[len(v) for v in model.conditions_.values()])
-        model.denoiser_.load_state_dict(state["denoiser"])
-        model.denoiser_.to(dev).eval()
-        return model
+            return model_file.from_state(cls, state, path, device)
 
     def __getstate__(self):
         # networks travel on the CPU, so a model fitted on a GPU unpickles without one
@@ -1007,207 +560,3 @@ n_sample_steps, sampler
             for module in (self.denoiser_, self.classifier_):
                 if module is not None:
                     module.to(self.device_)
-
-
-#: what a saved SCLD must hold (see ``save``)
-_STATE_FIELDS = ("params", "random_state", "autoencoder", "denoiser", "classifier", "classes",
-                 "classes_dtype", "class_counts", "n_unlabelled", "n_features_in",
-                 "feature_names_in", "input_dtype", "sparse_input", "latent_mean", "latent_scale",
-                 "type_summaries", "diffusion_steps", "history", "provenance")
-
-
-def _is_fitted_autoencoder(ae) -> bool:
-    return isinstance(ae, CellAutoencoder) and hasattr(ae, "module_")
-
-
-# -- conditions ----------------------------------------------------------------------------------
-def _condition_codes(attributes: dict, n_cells: int):
-    """``({name: sorted values}, codes of shape (n_cells, n_attributes))``."""
-    values, columns = {}, []
-    for name, column in attributes.items():
-        values[name], code = np.unique(column, return_inverse=True)
-        columns.append(code.astype(np.int64))
-    return values, (np.column_stack(columns) if columns else np.zeros((n_cells, 0), np.int64))
-
-
-def _group_ids(rows: np.ndarray, skip: np.ndarray) -> np.ndarray:
-    """An id per distinct row (-1 where ``skip``): the cells of one type and one value of each
-    attribute form one group."""
-    _, ids = np.unique(rows, axis=0, return_inverse=True)
-    return np.where(skip, -1, ids.ravel())
-
-
-#: least training cells of a (type, value) pair for its own library-size shift
-MIN_PAIR_CELLS = 10
-
-
-def _library_shifts(library, typed, attribute_codes, values, n_types) -> dict:
-    """Per attribute, the shift of the log library size of each (type, value) pair.
-
-    ``log(library) - median log(library) of the cell's type`` (cells without a type as one
-    group), its median over the pair's cells, or over all the value's cells for a pair of fewer
-    than :data:`MIN_PAIR_CELLS` (a batch sequenced deeper shifts every type alike, so a type
-    never seen in that batch gets the batch's shift). A model without labels has one row.
-    """
-    log_lib = np.log(np.maximum(library, 1.0))
-    resid = np.empty_like(log_lib)
-    for c in np.unique(typed):
-        where = typed == c
-        resid[where] = log_lib[where] - np.median(log_lib[where])
-    rows = typed if (typed >= 0).any() else np.zeros_like(typed)
-    out = {}
-    for j, (name, vals) in enumerate(values.items()):
-        shifts = np.zeros((n_types, len(vals)))
-        for v in range(len(vals)):
-            of_value = attribute_codes[:, j] == v
-            shifts[:, v] = np.median(resid[of_value])
-            for c in range(n_types):
-                pair = of_value & (rows == c)
-                if pair.sum() >= MIN_PAIR_CELLS:
-                    shifts[c, v] = np.median(resid[pair])
-        out[name] = shifts
-    return out
-
-
-def _count_table(classes, values: dict, rows, n):
-    """Training cells per combination of type (-1: none) and attribute values, as a DataFrame:
-    ``rows`` holds the codes of each combination (type, then attributes), ``n`` its cells."""
-    import pandas as pd
-
-    rows = np.asarray(rows, dtype=np.int64).reshape(len(n), 1 + len(values))
-    types = np.asarray([-1 if c < 0 else classes[c] for c in rows[:, 0]], dtype=object)
-    table = {"cell_type": types}
-    for j, (name, vals) in enumerate(values.items()):
-        table[name] = vals[rows[:, 1 + j]]
-    table["n_cells"] = n.astype(np.int64)
-    return pd.DataFrame(table)
-
-
-def _attribute_scales(condition_scales, values: dict) -> list:
-    """One guidance weight per attribute, in the model's order (1 for those not given)."""
-    if condition_scales is None:
-        return [1.0] * len(values)
-    if not isinstance(condition_scales, Mapping):
-        raise TypeError("condition_scales must be a mapping {attribute: weight >= 0}; got "
-                        f"{type(condition_scales).__name__}.")
-    for name, w in condition_scales.items():
-        if name not in values:
-            raise ValueError(f"Unknown condition {name!r} in condition_scales; the model knows "
-                             f"{list(values) or 'none: it was fitted without conditions'}.")
-        if isinstance(w, bool) or not isinstance(w, Real) or not np.isfinite(w) or w < 0:
-            raise ValueError(f"condition_scales[{name!r}] must be a number >= 0; got {w!r}.")
-    return [float(condition_scales.get(name, 1.0)) for name in values]
-
-
-def _condition_report(rows, values, pairs, type_row, label, unseen) -> dict:
-    """``{attribute: {value: {"requested", "training_cells"}}}`` of one type's cells; the pairs
-    without training cells are added to ``unseen``."""
-    out = {}
-    for j, (name, vals) in enumerate(values.items()):
-        given, counts = np.unique(rows[:, j][rows[:, j] < len(vals)], return_counts=True)
-        if len(given) == 0:
-            continue  # marginalised
-        out[name] = {}
-        for v, m in zip(given, counts, strict=True):
-            value = _utils.plain_label(vals[v])
-            n_train = int(pairs[name][type_row, v])
-            out[name][value] = {"requested": int(m), "training_cells": n_train}
-            if n_train == 0:
-                unseen.append((label, name, value, int(m)))
-    return out
-
-
-def _conditions_frame(attribute_codes, values: dict):
-    """The attribute values of each sampled cell (None where marginalised), as a DataFrame."""
-    import pandas as pd
-
-    data = {}
-    for j, (name, vals) in enumerate(values.items()):
-        column = np.empty(len(attribute_codes), dtype=object)
-        given = attribute_codes[:, j] < len(vals)
-        column[given] = [_utils.plain_label(v) for v in vals[attribute_codes[given, j]]]
-        data[name] = column
-    return pd.DataFrame(data, index=pd.RangeIndex(len(attribute_codes)))
-
-
-def _conditions_state(model) -> dict | None:
-    """The attributes, their values and training counts as plain values and tensors."""
-    values = model._condition_values()
-    if not values:
-        return None
-    table = model.condition_counts_
-    classes = {} if model.classes_ is None else {
-        _utils.plain_label(c): i for i, c in enumerate(model.classes_)}
-    codes = [[classes.get(_utils.plain_label(c), -1) for c in table["cell_type"]]]
-    for name, vals in values.items():
-        lookup = {_utils.plain_label(v): i for i, v in enumerate(vals)}
-        codes.append([lookup[_utils.plain_label(v)] for v in table[name]])
-    shifts = model.library_shifts_
-    return {"names": list(values), "values": [_utils.to_plain_list(v) for v in values.values()],
-            "dtypes": [str(v.dtype) for v in values.values()],
-            "count_codes": torch.tensor(np.array(codes, dtype=np.int64).T.copy()),
-            "n_cells": torch.from_numpy(table["n_cells"].to_numpy(dtype=np.int64).copy()),
-            "library_shifts": None if not shifts else [torch.from_numpy(
-                np.asarray(shifts[n], dtype=np.float64)) for n in values]}
-
-
-def _embedding_sizes(denoiser_state) -> list:
-    """Rows of each attribute embedding of a saved denoiser's weights, in order."""
-    sizes, k = [], 0
-    while f"attributes.{k}.weight" in denoiser_state:
-        sizes.append(int(denoiser_state[f"attributes.{k}.weight"].shape[0]))
-        k += 1
-    return sizes
-
-
-def _conditions_from_state(state, model, path, denoiser_state):
-    """``(conditions_, condition_counts_, library_shifts_)`` from a saved file, checked."""
-    n_classes = None if model.classes_ is None else len(model.classes_)
-    if state is None:  # no conditions: one row per type, as a fit without them gives
-        if _embedding_sizes(denoiser_state):
-            raise ValueError(f"{os.fspath(path)!r} has a denoiser with attribute embeddings but "
-                             "no conditions; it was not written by SCLD.save, or was changed "
-                             "since.")
-        if n_classes:
-            rows, n = np.arange(n_classes), np.asarray(model.class_counts_)
-            if model.n_unlabelled_:  # sorted as a fit sorts them: cells without a type first
-                rows, n = np.r_[-1, rows], np.r_[model.n_unlabelled_, n]
-        else:
-            rows, n = np.array([-1]), np.asarray(model.class_counts_)
-        return {}, _count_table(model.classes_, {}, rows[:, None], n), {}
-
-    def damaged(what):
-        return ValueError(f"{os.fspath(path)!r} has damaged conditions ({what}); it was not "
-                          "written by SCLD.save, or was changed since.")
-
-    names = state.get("names")
-    if (not isinstance(names, list) or not names or len(set(names)) != len(names)
-            or not all(isinstance(n, str) and n for n in names)
-            or set(names) & set(sampling.RESERVED_CONDITION_NAMES)):
-        raise damaged(f"names {names!r}")
-    if len(state["values"]) != len(names) or len(state["dtypes"]) != len(names):
-        raise damaged("one list of values per name")
-    values = {}
-    for name, vals, dtype in zip(names, state["values"], state["dtypes"], strict=True):
-        arr = np.asarray(vals, dtype=object if dtype == "object" else np.dtype(dtype))
-        if len(arr) == 0 or len({_utils.plain_label(v) for v in arr}) != len(arr):
-            raise damaged(f"the values of {name!r}")
-        values[name] = arr
-    codes = state["count_codes"].numpy()
-    n_cells = state["n_cells"].numpy()
-    if codes.ndim != 2 or codes.shape != (len(n_cells), 1 + len(names)) or (n_cells < 1).any():
-        raise damaged("the shape of the training counts")
-    sizes = np.array([len(v) for v in values.values()])
-    if ((codes[:, 1:] < 0) | (codes[:, 1:] >= sizes)).any() or (codes[:, 0] < -1).any() or (
-            codes[:, 0] >= (n_classes or 0)).any():
-        raise damaged("codes of the training counts out of range")
-    weights = _embedding_sizes(denoiser_state)
-    if weights != [len(v) + 1 for v in values.values()]:
-        raise damaged(f"the denoiser has attribute embeddings of sizes {weights}, not one more "
-                      "than each attribute's number of values")
-    table = _count_table(model.classes_, values, codes, n_cells)
-    shifts = state.get("library_shifts")
-    shifts = {} if not shifts else {n: t.numpy() for n, t in zip(names, shifts, strict=True)}
-    if any(shifts[n].shape != (n_classes or 1, len(values[n])) for n in shifts):
-        raise damaged("the library-size shifts")
-    return values, table, shifts

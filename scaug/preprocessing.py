@@ -25,10 +25,6 @@ except ImportError:  # scikit-learn < 1.6
 __all__ = ["NormalizeLog1p"]
 
 
-#: scikit-learn's Interval refusing booleans (shared by metrics and datasets)
-_NumberInterval = _utils.Interval
-
-
 class NormalizeLog1p(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
     """Scale each cell to a fixed total count, then apply ``log1p``.
 
@@ -76,7 +72,7 @@ class NormalizeLog1p(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
     """
 
     _parameter_constraints: dict = {
-        "target_sum": [_NumberInterval(Real, 0, None, closed="neither"), None],
+        "target_sum": [_utils.Interval(Real, 0, None, closed="neither"), None],
     }
 
     def __init__(self, target_sum=1e4):

@@ -1,6 +1,7 @@
 """Sampling, as its own unit: plan a request, draw latents, screen them, decode them into cells.
 
-:class:`scaug.SCLD` owns the fitted networks and calls these in order; nothing here trains.
+:class:`scaug.SCLD` owns the fitted networks and calls these in order (:func:`draw_plan`, then
+:func:`decode_cells`); nothing here trains.
 What a fitted model keeps of its training cells is :class:`TypeSummaries`: per type, quantiles
 of the library size and a Gaussian summary of its latents, so a model's size does not grow with
 the number of cells it was trained on, and a saved model holds no cell of its training data.
@@ -13,12 +14,18 @@ from collections.abc import Mapping
 from numbers import Integral
 
 import numpy as np
-import pandas as pd
 import scipy.sparse as sp
 import torch
 from sklearn.covariance import LedoitWolf
+from tqdm.auto import tqdm
 
-from . import _utils
+from . import _utils, conditions
+from .conditions import (  # noqa: F401  (scaug.sampling's names in 0.1)
+    RESERVED_CONDITION_NAMES,
+    check_conditions,
+    resolve_conditions,
+    spread_request,
+)
 
 #: quantiles kept of each type's library sizes (an empirical distribution in 101 numbers)
 N_LIBRARY_QUANTILES = 101
@@ -105,6 +112,39 @@ class TypeSummaries:
 def _mahalanobis(Z, mean, precision):
     diff = np.asarray(Z, dtype=np.float64) - mean
     return np.sqrt(np.maximum(np.einsum("ij,jk,ik->i", diff, precision, diff), 0))
+
+
+def smoothed_bootstrap(Z: np.ndarray, codes: np.ndarray, strength: float):
+    """Per cell: its latent shrunk toward its group's mean, and the sd of the noise to add.
+
+    Silverman's smoothed bootstrap with variance correction: a group (a type, ``codes``) of
+    ``n`` cells gets Gaussian noise of ``f = min(1, strength / sqrt(n))`` times its
+    per-dimension sd, and its cells are shrunk toward the group mean by ``1 / sqrt(1 + f**2)``
+    so the group keeps its variance. A denoiser trained on ten cells of a type otherwise learns
+    those ten points and samples them back (copies, in latent space); the noise fades as a type
+    grows. Cells of code -1 are kept as they are, without noise.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from scaug.sampling import smoothed_bootstrap
+    >>> Z = np.array([[0.0], [2.0], [5.0]])
+    >>> shrunk, sd = smoothed_bootstrap(Z, np.array([0, 0, -1]), strength=1.0)
+    >>> [round(float(v), 3) for v in shrunk.ravel()], [round(float(v), 3) for v in sd.ravel()]
+    ([0.184, 1.816, 5.0], [0.577, 0.577, 0.0])
+    """
+    shrunk = Z.copy()
+    sd = np.zeros_like(Z)
+    for c in np.unique(codes[codes >= 0]):  # unlabelled cells (code -1) are learned as they are
+        where = codes == c
+        n = int(where.sum())
+        f = min(1.0, strength / np.sqrt(n))
+        if n < 2 or f == 0:
+            continue
+        mean, scale = Z[where].mean(0), Z[where].std(0)
+        shrunk[where] = mean + (Z[where] - mean) / np.sqrt(1 + f**2)
+        sd[where] = f * scale / np.sqrt(1 + f**2)
+    return shrunk.astype(np.float32), sd.astype(np.float32)
 
 
 def resolve_request(n, classes, class_counts, rng, max_cells: int):
@@ -206,189 +246,6 @@ def refine_latents(diffusion, denoiser, Z, *, strength, null, attributes, gen, d
     return np.concatenate(out) if out else np.asarray(Z, dtype=np.float32)
 
 
-# -- conditions: donor, batch, sample ... ---------------------------------------------------------
-#: column names of :attr:`scaug.SCLD.condition_counts_` that an attribute may not take
-RESERVED_CONDITION_NAMES = ("cell_type", "n_cells")
-
-
-def _is_missing(v) -> bool:
-    if v is None or v is pd.NA or v is pd.NaT:
-        return True
-    try:
-        return bool(v != v)  # NaN
-    except (TypeError, ValueError):
-        return False
-
-
-def check_conditions(conditions, n_cells: int) -> dict:
-    """``{name: 1-D ndarray of n_cells values}`` from a mapping or a DataFrame, checked.
-
-    Refuses (before any work) what :meth:`scaug.SCLD.fit` cannot learn from: names that are not
-    non-empty strings or clash with :data:`RESERVED_CONDITION_NAMES`, values of another length,
-    missing values, values mixing strings and numbers, and columns that are not 1-D.
-    """
-    if conditions is None:
-        return {}
-    if isinstance(conditions, pd.DataFrame):
-        items = [(c, conditions[c]) for c in conditions.columns]
-        if conditions.columns.duplicated().any():
-            raise ValueError("conditions has duplicate column names; give each attribute one "
-                             "column.")
-    elif isinstance(conditions, Mapping):
-        items = list(conditions.items())
-    else:
-        raise TypeError("conditions must be a mapping {name: one value per cell} or a pandas "
-                        "DataFrame with one column per attribute (e.g. {'batch': batches} or "
-                        f"adata.obs[['donor']]); got {type(conditions).__name__}.")
-    out = {}
-    for name, values in items:
-        if not isinstance(name, str) or not name:
-            raise ValueError(f"conditions names must be non-empty strings; got {name!r}.")
-        if name in RESERVED_CONDITION_NAMES:
-            raise ValueError(f"conditions may not be named {name!r} (reserved for "
-                             "condition_counts_: the type is y, not a condition); rename it.")
-        if isinstance(values, pd.Series | pd.Index | pd.Categorical):
-            values = np.asarray(values.astype(object))
-        else:
-            values = np.asarray(values)
-        if values.ndim != 1 or len(values) != n_cells:
-            raise ValueError(f"conditions[{name!r}] must be 1-D with one value per cell of X "
-                             f"({n_cells}); got shape {values.shape}.")
-        if values.dtype.kind == "f" and np.isnan(values).any() or values.dtype == object and any(
-                _is_missing(v) for v in values):
-            raise ValueError(f"conditions[{name!r}] has missing values (NaN/None/NA); every cell "
-                             "needs a value (give the cells without one a value of their own, "
-                             "e.g. 'unknown', or drop them).")
-        if values.dtype == object:
-            kinds = {isinstance(v, str) for v in values}
-            if len(kinds) > 1:
-                raise ValueError(f"conditions[{name!r}] mixes strings with other values; give "
-                                 "the values of one kind, e.g. values.astype(str).")
-        out[name] = values
-    return out
-
-
-def resolve_conditions(conditions, values: dict, n_total: int, *, per_cell: bool) -> np.ndarray:
-    """Per requested cell, the code of each attribute (its null code when marginalised).
-
-    ``conditions`` maps attribute names to a value for every cell (a scalar), or to an
-    array-like with one value per requested cell (``per_cell``: only where the order of the
-    cells is known); ``None`` (as the value, or an entry of the array) marginalises the
-    attribute for those cells. Attributes not named are marginalised.
-    """
-    names = list(values)
-    codes = np.array([[len(values[k]) for k in names]] * n_total, dtype=np.int64).reshape(
-        n_total, len(names))
-    if conditions is None:
-        return codes
-    if not isinstance(conditions, Mapping):
-        raise TypeError("conditions must be a mapping {attribute: value or one value per "
-                        f"requested cell}}; got {type(conditions).__name__}.")
-    for name, given in conditions.items():
-        if name not in values:
-            known = names or "none: it was fitted without conditions"
-            raise ValueError(f"Unknown condition {name!r}; the model knows {known}.")
-        j = names.index(name)
-        lookup = {_utils.plain_label(v): i for i, v in enumerate(values[name])}
-        if isinstance(given, pd.Series | pd.Index | pd.Categorical):
-            given = np.asarray(given.astype(object))
-        if np.ndim(given) == 0:
-            entries = None if _is_missing(given) else [given]
-        else:
-            given = np.asarray(given, dtype=object)
-            if not per_cell:
-                raise ValueError(f"conditions[{name!r}] is an array, but the order of the cells "
-                                 "is known only for a request {cell type: number}; give one "
-                                 "value for every cell, or ask per type.")
-            if given.ndim != 1 or len(given) != n_total:
-                raise ValueError(f"conditions[{name!r}] must be one value, or one per requested "
-                                 f"cell ({n_total}, in the order of the request); got shape "
-                                 f"{given.shape}.")
-            entries = list(given)
-        if entries is None:
-            continue
-        column = []
-        for v in entries:
-            if _is_missing(v):
-                column.append(len(values[name]))
-                continue
-            key = _utils.plain_label(v)
-            if key not in lookup:
-                raise ValueError(f"Unknown value {v!r} of condition {name!r}; the model was "
-                                 f"trained on {list(values[name])}.")
-            column.append(lookup[key])
-        codes[:, j] = column if len(column) == n_total else column[0]
-    return codes
-
-
-def spread_request(request: dict, labels, frame: pd.DataFrame, rule="proportional") -> pd.DataFrame:
-    """The condition values of each cell of ``request``, spread over the values of ``frame``.
-
-    Parameters
-    ----------
-    request : dict
-        ``{cell type: number of cells}``; the cells come type by type, in this order.
-    labels : array-like of shape (n_cells,)
-        The type of each real cell.
-    frame : DataFrame of shape (n_cells, n_attributes)
-        The attribute values of each real cell (one column per attribute).
-    rule : {"proportional", "uniform"} or callable, default="proportional"
-        ``"proportional"``: a type's cells go to the combinations of values of its real cells,
-        in their proportions (a type absent from a batch gets none there). ``"uniform"``:
-        equally to every combination present in ``frame`` (absent ones included: SCLD warns
-        about them). A callable ``rule(cell_type, counts)`` gets the type's real cells per
-        combination (a Series indexed by every combination in ``frame``: values, or tuples for
-        several attributes) and returns non-negative weights (a Series or dict over
-        combinations).
-
-    Returns
-    -------
-    DataFrame of shape (sum(request.values()), n_attributes)
-        Counts are whole: largest-remainder rounding of the weights, ties to the first
-        combination, so the same input gives the same spread.
-
-    Examples
-    --------
-    >>> import pandas as pd
-    >>> from scaug.sampling import spread_request
-    >>> frame = pd.DataFrame({"batch": ["a", "a", "a", "b", "b", "b"]})
-    >>> labels = ["T", "T", "T", "T", "B", "B"]
-    >>> spread_request({"T": 4, "B": 2}, labels, frame)["batch"].tolist()
-    ['a', 'a', 'a', 'b', 'b', 'b']
-    """
-    labels = np.asarray(labels, dtype=object)
-    names = list(frame.columns)
-    combos = pd.MultiIndex.from_frame(frame.astype(object)).unique().sort_values()
-    if len(names) == 1:
-        combos = pd.Index(combos.get_level_values(0), dtype=object)
-    parts = []
-    for label, n in request.items():
-        members = frame[labels == label].astype(object)
-        key = members.iloc[:, 0] if len(names) == 1 else pd.MultiIndex.from_frame(members)
-        counts = pd.Series(1, index=key).groupby(level=list(range(len(names)))).sum()
-        counts = counts.reindex(combos, fill_value=0)
-        if rule == "proportional":
-            weights = counts.astype(float)
-        elif rule == "uniform":
-            weights = pd.Series(1.0, index=combos)
-        elif callable(rule):
-            weights = pd.Series(rule(label, counts.copy()), dtype=float)
-        else:
-            raise ValueError(f"The spread rule must be 'proportional', 'uniform' or a callable "
-                             f"(cell type, counts) -> weights; got {rule!r}.")
-        if (weights < 0).any() or not np.isfinite(weights).all() or weights.sum() <= 0:
-            raise ValueError(f"The spread weights for {label!r} must be finite, non-negative and "
-                             f"not all 0; got {dict(weights)}.")
-        share = weights.to_numpy() * int(n) / weights.sum()
-        k = np.floor(share).astype(np.int64)
-        rest = np.argsort(-(share - k), kind="stable")[: int(n) - int(k.sum())]
-        k[rest] += 1
-        for combo, m in zip(weights.index, k, strict=True):
-            parts += [combo if len(names) > 1 else (combo,)] * int(m)
-    return pd.DataFrame(parts if parts else np.zeros((0, len(names)), dtype=object),
-                        columns=names, dtype=object)
-
-
 @torch.no_grad()
 def screen(summaries, classifier, diffusion, code, Z, *, threshold, tolerance, device):
     """Acceptance of latents for type ``code``, and a score (lower is better) for fallbacks."""
@@ -432,7 +289,7 @@ def screened_latents(draw, accept, k, *, max_rounds, label):
         warnings.warn(
             f"Screening accepted {n_kept} of {drawn} candidates for {label!r} in {max_rounds} "
             f"rounds; the remaining {k - n_kept} are the closest rejected ones. Raise max_rounds "
-            "or screening_tolerance, or lower screening_threshold.", UserWarning, stacklevel=4)
+            "or screening_tolerance, or lower screening_threshold.", UserWarning, stacklevel=5)
     return np.concatenate(kept)[:k], drawn, n_passed
 
 
@@ -464,3 +321,127 @@ def decode(autoencoder, Z, library, gen, *, sparse: bool, cells_per_batch: int):
         out[idx[0]:idx[-1] + 1] = autoencoder.generate(
             Z[idx], None if library is None else library[idx], generator=gen)
     return out
+
+
+# -- a fitted SCLD's request, end to end -------------------------------------------------------
+def latent_drawer(model, opts: dict, scales: list, batch_size: int, gen):
+    """``draw(code, attribute codes, m)``: ``m`` standardised latents of type ``code`` from a
+    fitted SCLD's diffusion sampler, refined when ``opts["refinement"]`` asks, with the type's
+    mean added back for a model fitted with ``latent_centering="type"``."""
+    labelled = model.classes_ is not None
+    null = len(model.classes_) if labelled else 0
+    n_latent = len(model.latent_mean_)
+    steps, sampler = int(opts["n_sample_steps"]), opts["sampler"]
+
+    def draw(code, attrs, m):
+        offset = (model.type_summaries_.mean[code].astype(np.float32)
+                  if model.latent_centering == "type" else 0.0)
+        Z = draw_latents(
+            model.diffusion_, model.denoiser_, model.classifier_, code=code, n=m,
+            n_latent=n_latent, labelled=labelled, null=null, gen=gen, device=model.device_,
+            guidance_scale=float(opts["guidance_scale"]),
+            classifier_scale=float(opts["classifier_scale"]), n_sample_steps=steps,
+            sampler=sampler, batch_size=batch_size, attributes=attrs, attribute_scales=scales)
+        if opts["refinement"] > 0:
+            Z = refine_latents(
+                model.diffusion_, model.denoiser_, Z, strength=float(opts["refinement"]),
+                null=null, attributes=attrs, gen=gen, device=model.device_,
+                n_sample_steps=steps, sampler=sampler, batch_size=batch_size)
+        return offset + Z
+
+    return draw
+
+
+def _draw_type(model, draw, code, label, rows, opts):
+    """The latents of one type's ``len(rows)`` cells (``rows``: their attribute codes), one run
+    of the sampler per combination of values, in a fixed order; screened when ``opts`` asks.
+    Returns ``(latents, candidates drawn, candidates accepted)``."""
+    values = conditions.values_of(model)
+    names, k = list(values), len(rows)
+    if names:
+        combos, inverse = np.unique(rows, axis=0, return_inverse=True)
+        groups = [(combo, np.flatnonzero(inverse.ravel() == g)) for g, combo in enumerate(combos)]
+    else:
+        groups = [(None, np.arange(k))]
+    Zc = np.empty((k, len(model.latent_mean_)), dtype=np.float32)
+    drawn = accepted = 0
+    for combo, idx in groups:
+        if not opts["screening"]:
+            Zg, d, a = draw(code, combo, len(idx)), len(idx), len(idx)
+        else:
+            def accept(Z, code=code):
+                return screen(model.type_summaries_, model.classifier_, model.diffusion_, code, Z,
+                              threshold=opts["screening_threshold"],
+                              tolerance=model.screening_tolerance, device=model.device_)
+
+            where = "" if combo is None else "".join(
+                f" {n}={_utils.plain_label(values[n][c])!r}"
+                for n, c in zip(names, combo, strict=True) if c < len(values[n]))
+            Zg, d, a = screened_latents(
+                lambda m, code=code, combo=combo: draw(code, combo, m), accept, len(idx),
+                max_rounds=model.max_rounds,
+                label=("cells" if label is None else str(label)) + where)
+        Zc[idx] = Zg
+        drawn, accepted = drawn + d, accepted + a
+    return Zc, drawn, accepted
+
+
+def draw_plan(model, plan, attribute_codes, draw, opts: dict):
+    """The standardised latents of a request ``plan`` (``[(type code, cells)]``) of a fitted
+    SCLD, type by type; returns ``(latents, type codes, report)`` where the report is
+    ``sampling_report_``. Warns about (type, value) pairs without training cells."""
+    labelled = model.classes_ is not None
+    values = conditions.values_of(model)
+    pairs = conditions.pair_counts(model) if values else {}
+    report, blocks_z, blocks_y, unseen = {}, [], [], []
+    bar = tqdm(total=sum(k for _, k in plan), desc="sampling", disable=not model.verbose,
+               leave=False)
+    offset = 0
+    for code, k in plan:
+        if k == 0:
+            continue
+        label = _utils.plain_label(model.classes_[code]) if labelled else None
+        rows = attribute_codes[offset:offset + k]
+        offset += k
+        Zc, drawn, accepted = _draw_type(model, draw, code, label, rows, opts)
+        report[label] = {"requested": k, "drawn": drawn, "accepted": accepted,
+                         "acceptance_rate": accepted / drawn if drawn else float("nan")}
+        if values:
+            report[label]["conditions"] = conditions.condition_report(
+                rows, values, pairs, code if labelled else 0, label, unseen)
+        blocks_z.append(Zc)
+        blocks_y.append(np.full(k, code))
+        bar.update(k)
+    bar.close()
+    if unseen:
+        listed = ", ".join(f"{'' if t is None else f'{t!r} in '}{n}={v!r} ({m} cells)"
+                           for t, n, v, m in unseen)
+        warnings.warn(
+            f"No training cell had these (type, value) pairs: {listed}. SCLD composes such "
+            "cells from what it learned of the type and of the value apart; check them "
+            "before use (sampling_report_[type]['conditions']).", UserWarning, stacklevel=4)
+    n_latent = len(model.latent_mean_)
+    Zs = np.concatenate(blocks_z) if blocks_z else np.zeros((0, n_latent), np.float32)
+    codes = np.concatenate(blocks_y) if blocks_y else np.zeros(0, np.int64)
+    return Zs, codes, report
+
+
+def decode_cells(model, Z, codes, attribute_codes, rng, gen):
+    """A fitted SCLD's cells at latents ``Z`` of types ``codes``: library sizes drawn from the
+    type's real cells (shifted by each given value's library-size shift), then decoded, in the
+    input's container and a dtype wide enough for the counts."""
+    library = model.type_summaries_.draw_library(codes, rng) if model.counts_ else None
+    shifts = getattr(model, "library_shifts_", None)
+    if library is not None and shifts:
+        # each given value's library-size shift (a marginalised attribute shifts nothing)
+        rows = codes if model.classes_ is not None else np.zeros_like(codes)
+        shift = sum(np.pad(shifts[n], ((0, 0), (0, 1)))[rows, attribute_codes[:, j]]
+                    for j, n in enumerate(conditions.values_of(model)))
+        library = np.round(library * np.exp(shift)).astype(np.float32)
+    # about 64 MB of float32 per decoded block, whatever the number of genes
+    cells_per_batch = max(1, min(4096, 2**24 // model.n_features_in_))
+    X = decode(model.autoencoder_, Z, library, gen, sparse=model.sparse_input_,
+               cells_per_batch=cells_per_batch)
+    if model.counts_ and np.issubdtype(np.dtype(model.input_dtype_), np.integer):
+        X = X.astype(output_dtype(model.input_dtype_, X.max() if X.shape[0] else 0))
+    return X

@@ -144,3 +144,21 @@ def test_match_detection_from_disk(tmp_path):
     plain = CellAutoencoder(random_state=0, **KW).fit(store)
     assert not np.array_equal(ae.module_.gene_log_scale.detach().numpy(),
                               plain.module_.gene_log_scale.detach().numpy())
+
+
+def test_public_encode_state_and_device(data):
+    import torch
+
+    from scaug import conditions
+    from scaug.autoencoder import is_fitted_autoencoder
+
+    X, _ = data
+    ae = CellAutoencoder(random_state=0, **KW)
+    assert not is_fitted_autoencoder(ae)
+    ae.fit(X)
+    assert is_fitted_autoencoder(ae) and not is_fitted_autoencoder("ae.pt")
+    np.testing.assert_array_equal(ae.encode(X), ae.transform(X))
+    again = CellAutoencoder.from_state(ae.state(), device="cpu")
+    np.testing.assert_array_equal(again.transform(X), ae.transform(X))
+    assert ae.to(torch.device("cpu")) is ae and ae.device_ == torch.device("cpu")
+    assert conditions.values_of(ae) == {}  # anything without conditions_

@@ -18,12 +18,12 @@ from sklearn.model_selection import StratifiedKFold, cross_val_score
 from sklearn.preprocessing import LabelEncoder
 
 from scaug import SCLD, CellAutoencoder, cli, tl
+from scaug.conditions import check_conditions, resolve_conditions, spread_request
 from scaug.datasets import simulate
 from scaug.diffusion import GaussianDiffusion, composed_guidance
 from scaug.nn import Denoiser
 from scaug.oversampler import SCLDOverSampler
 from scaug.preprocessing import NormalizeLog1p
-from scaug.sampling import check_conditions, resolve_conditions, spread_request
 from scaug.train import DenoiserPlan
 
 TINY = dict(n_latent=4, ae_hidden=(16,), width=16, depth=1, diffusion_steps=10, max_epochs=1,
@@ -571,7 +571,7 @@ def test_tl_fit_and_augment_with_batch_key(batched):
                         sampling_strategy={"type_2": 40}, random_state=0)
     assert reused.obs.loc[reused.obs["synthetic"], "batch"].notna().all()
     plain = tl.fit(adata, "cell_type", random_state=0, **TINY)
-    with pytest.raises(ValueError, match="not fitted with the condition 'batch'"):
+    with pytest.raises(ValueError, match=r"not fitted with the conditions \['batch'\]"):
         tl.augment(adata, "cell_type", batch_key="batch", model=plain)
     with pytest.raises(KeyError, match="batch_key 'donor' is not a column"):
         tl.fit(adata, "cell_type", batch_key="donor", **TINY)

@@ -1,4 +1,4 @@
-"""The exact NB count draw (scaug.nn.autoencoder.nb_counts) against scipy, and the sparse decode."""
+"""The exact NB count draw (scaug.nn.autoencoder_module.nb_counts) against scipy, and the sparse decode."""
 
 import numpy as np
 import pytest
@@ -8,7 +8,7 @@ from scipy import stats
 
 from scaug import sampling
 from scaug.nn import AutoencoderModule
-from scaug.nn.autoencoder import INVERSION_MAX_MEAN, INVERSION_MAX_RATIO, nb_counts
+from scaug.nn.autoencoder_module import INVERSION_MAX_MEAN, INVERSION_MAX_RATIO, nb_counts
 
 # means far below 1 (most entries of single-cell counts), about 1, and large; inverse
 # dispersions from a heavy tail to nearly Poisson. Each (mu, theta) pair is one gene.
@@ -151,7 +151,7 @@ def test_decode_sparse_and_dense_agree_and_hold_only_a_block():
 
 
 def test_csr_from_torch_keeps_every_count():
-    from scaug.nn.autoencoder import csr_from_torch
+    from scaug.nn.autoencoder_module import csr_from_torch
 
     x = torch.tensor([[0.0, 3.0, 0.0], [0.0, 0.0, 0.0], [7.0, 0.0, 1.0]])
     out = csr_from_torch(x)

@@ -9,9 +9,9 @@ import scipy.sparse as sp
 
 import scaug
 from scaug import SCLD, CellAutoencoder, OnDiskCells
-from scaug.autoencoder import _gene_moments
 from scaug.datasets import simulate
 from scaug.train import disk
+from scaug.train.data import gene_moments
 
 TINY = dict(n_latent=4, ae_hidden=(16,), width=16, depth=1, max_epochs=2, diffusion_steps=20,
             n_sample_steps=3, verbose=False, device="cpu")
@@ -146,15 +146,15 @@ def test_layer_and_missing_labels(cells, tmp_path):
     assert list(store.labels[:5]) == [-1] * 5 and isinstance(store.labels[5], str)
 
 
-def test_gaussian_fit_streams_the_gene_moments(cells, tmp_path):
+def test_gaussian_fit_streams_thegene_moments(cells, tmp_path):
     logged = cells.copy()
     logged.X = sp.csr_matrix(np.log1p(cells.X.toarray()), dtype=np.float32)
     store = OnDiskCells(_write(logged, tmp_path / "log.zarr"), chunk_size=32, buffer_chunks=2)
-    for a, b in zip(store.gene_moments(), _gene_moments(logged.X), strict=True):
+    for a, b in zip(store.gene_moments(), gene_moments(logged.X), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5)
     ae = CellAutoencoder(**AE_TINY).fit(store)
     assert ae.likelihood_ == "gaussian"
-    np.testing.assert_allclose(ae.module_.gene_mean.numpy(), _gene_moments(logged.X)[0], rtol=1e-5)
+    np.testing.assert_allclose(ae.module_.gene_mean.numpy(), gene_moments(logged.X)[0], rtol=1e-5)
 
 
 @pytest.mark.filterwarnings("ignore:X has no gene names")

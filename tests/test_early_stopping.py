@@ -115,16 +115,16 @@ def test_validation_cells_are_checked(data):
 
 def test_scld_stops_both_stages_and_keeps_rare_cells(data, monkeypatch):
     X, y = data
-    import scaug.model as model_module
+    import scaug.stages as stages
 
     held_out = {}
-    original = model_module.validation_split
+    original = stages.validation_split
 
     def spy(groups, fraction, seed, **kw):
         held_out["mask"] = original(groups, fraction, seed, **kw)
         return held_out["mask"]
 
-    monkeypatch.setattr(model_module, "validation_split", spy)
+    monkeypatch.setattr(stages, "validation_split", spy)
     model = SCLD(max_epochs=400, diffusion_steps=4000, n_iter_no_change=2, tol=0.05,
                  **SMALL).fit(X, y)
     assert model.stopped_at_["autoencoder"] is not None

@@ -338,21 +338,21 @@ def test_unsampled_model_is_not_fitted():
 
 
 def test_smoothed_bootstrap_keeps_each_types_mean_and_variance():
-    from scaug.model import _smoothed_bootstrap
+    from scaug.sampling import smoothed_bootstrap
 
     rng = np.random.default_rng(0)
     Z = np.vstack([rng.normal(0, 1, (1000, 3)), rng.normal(5, 2, (10, 3))]).astype(np.float32)
     codes = np.repeat([0, 1], [1000, 10])
-    centre, sd = _smoothed_bootstrap(Z, codes, strength=4.0)
+    centre, sd = smoothed_bootstrap(Z, codes, strength=4.0)
     # the 10-cell type gets noise as large as its own spread (f = 1); the big type almost none
     assert np.all(sd[1000:] > 0.6 * Z[1000:].std(0)) and np.all(sd[:1000] < 0.2 * Z[:1000].std(0))
     pick = rng.integers(1000, 1010, size=200_000)
     draws = centre[pick] + sd[pick] * rng.standard_normal((len(pick), 3))
     np.testing.assert_allclose(draws.mean(0), Z[1000:].mean(0), atol=0.02)
     np.testing.assert_allclose(draws.var(0), Z[1000:].var(0), rtol=0.03)
-    assert np.array_equal(_smoothed_bootstrap(Z, codes, 0.0)[0], Z)
+    assert np.array_equal(smoothed_bootstrap(Z, codes, 0.0)[0], Z)
     # unlabelled cells (code -1) are no type: learned as they are
-    centre, sd = _smoothed_bootstrap(Z, np.where(codes == 0, -1, codes), strength=4.0)
+    centre, sd = smoothed_bootstrap(Z, np.where(codes == 0, -1, codes), strength=4.0)
     assert np.array_equal(centre[:1000], Z[:1000]) and not sd[:1000].any()
 
 

@@ -6,7 +6,7 @@ import torch
 from scipy import stats
 
 from scaug.nn import AutoencoderModule, Denoiser, LatentClassifier
-from scaug.nn.autoencoder import nb_log_likelihood
+from scaug.nn.autoencoder_module import nb_log_likelihood
 
 
 def test_nb_log_likelihood_matches_scipy():

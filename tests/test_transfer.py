@@ -186,7 +186,7 @@ def test_encode_observed_imputes_the_missing_genes(data):
 def test_decoder_rows_chosen_by_held_out_likelihood(data, monkeypatch):
     """Both versions of the shared genes' output rows are trained; the one under which held-out
     cells are more likely is kept, and the report survives saving."""
-    from scaug import autoencoder as module
+    from scaug import transfer as module
 
     X, _ = data
     ae = CellAutoencoder(**AE_TINY).fit(X, feature_names=GENES)
@@ -198,7 +198,7 @@ def test_decoder_rows_chosen_by_held_out_likelihood(data, monkeypatch):
             calls.append(1)
             return 1.0 if (len(calls) == 1) == (favoured == "pretrained") else 0.0
 
-        monkeypatch.setattr(module, "_held_out_loglik", loglik)
+        monkeypatch.setattr(module, "held_out_loglik", loglik)
         tuned = ae.adapt(df, max_epochs=1)
         assert tuned.adaptation_["decoder"] == favoured and len(calls) == 2
         shared_rows = tuned.module_.state_dict()["decoder.1.weight"]
@@ -211,14 +211,14 @@ def test_decoder_rows_chosen_by_held_out_likelihood(data, monkeypatch):
 
 
 def test_teacher_rows_keep_every_class():
-    from scaug.autoencoder import _teacher_rows
+    from scaug.transfer import teacher_rows
 
     codes = np.repeat([0, 1, 2], [5, 300, 1000])
-    rows = _teacher_rows(codes, len(codes), 100, seed=0)
+    rows = teacher_rows(codes, len(codes), 100, seed=0)
     assert len(rows) == 100 and len(np.unique(rows)) == 100 and np.all(np.diff(rows) > 0)
     assert np.bincount(codes[rows]).tolist() == [5, 47, 48]  # the rare class whole, the rest even
-    assert np.array_equal(_teacher_rows(None, 50, 100, seed=0), np.arange(50))
-    assert len(_teacher_rows(None, 500, 100, seed=0)) == 100
+    assert np.array_equal(teacher_rows(None, 50, 100, seed=0), np.arange(50))
+    assert len(teacher_rows(None, 500, 100, seed=0)) == 100
 
 
 def test_refused_below_the_overlap_before_training(pretrained, data, monkeypatch):

@@ -4,41 +4,41 @@ import numpy as np
 import pytest
 import torch
 
-from scaug import _utils
+from scaug import _torch_utils, _utils
 
 
 def test_auto_picks_cuda_only_when_available(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert _utils.resolve_device("auto") == torch.device("cpu")
+    assert _torch_utils.resolve_device("auto") == torch.device("cpu")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    assert _utils.resolve_device("auto") == torch.device("cuda")
+    assert _torch_utils.resolve_device("auto") == torch.device("cuda")
 
 
 def test_cpu_is_forced_even_with_a_gpu(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    assert _utils.resolve_device("cpu") == torch.device("cpu")
-    assert _utils.resolve_device(torch.device("cpu")) == torch.device("cpu")
+    assert _torch_utils.resolve_device("cpu") == torch.device("cpu")
+    assert _torch_utils.resolve_device(torch.device("cpu")) == torch.device("cpu")
 
 
 def test_cuda_without_gpu_is_a_clear_error(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(ValueError, match="no CUDA GPU"):
-        _utils.resolve_device("cuda")
+        _torch_utils.resolve_device("cuda")
     with pytest.raises(ValueError, match="no CUDA GPU"):
-        _utils.resolve_device("cuda:1")
+        _torch_utils.resolve_device("cuda:1")
 
 
 def test_cuda_index_out_of_range(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     with pytest.raises(ValueError, match="only 1 CUDA"):
-        _utils.resolve_device("cuda:3")
+        _torch_utils.resolve_device("cuda:3")
 
 
 @pytest.mark.parametrize("bad", ["tpu", "gpu0", 3])
 def test_unknown_device_names(bad):
     with pytest.raises((ValueError, TypeError), match="device"):
-        _utils.resolve_device(bad)
+        _torch_utils.resolve_device(bad)
 
 
 def test_atomic_save_leaves_no_partial_file(tmp_path):
@@ -49,7 +49,7 @@ def test_atomic_save_leaves_no_partial_file(tmp_path):
             raise RuntimeError("cannot pickle")
 
     with pytest.raises(RuntimeError):
-        _utils.atomic_save({"x": Boom()}, path, overwrite=False)
+        _torch_utils.atomic_save({"x": Boom()}, path, overwrite=False)
     assert list(tmp_path.iterdir()) == []
 
 

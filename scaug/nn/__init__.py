@@ -1,6 +1,6 @@
 """Pure torch modules of SCLD. They know nothing of AnnData, labels or devices."""
 
-from .autoencoder import AutoencoderModule
+from .autoencoder_module import AutoencoderModule
 from .classifier import LatentClassifier
 from .denoiser import Denoiser, TimeEmbedding
 

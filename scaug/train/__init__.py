@@ -4,7 +4,16 @@ The user-facing :class:`scaug.SCLD` and :class:`scaug.CellAutoencoder` build the
 :mod:`scaug.nn`, wrap each in its plan and hand it to :func:`fit_plan` with its data.
 """
 
-from .data import BalancedDraws, MinibatchData, process_rank, validation_split
+from .calibration import match_detection
+from .data import (
+    BalancedDraws,
+    MinibatchData,
+    class_codes,
+    default_epochs,
+    gene_moments,
+    process_rank,
+    validation_split,
+)
 from .disk import OnDiskCells
 from .plans import AdaptPlan, AutoencoderPlan, ClassifierPlan, DenoiserPlan
 from .trainer import (
@@ -17,5 +26,6 @@ from .trainer import (
 
 __all__ = ["AdaptPlan", "AutoencoderPlan", "BalancedDraws", "ClassifierPlan", "ConvergenceStop",
            "DenoiserPlan", "MinibatchData", "OnDiskCells", "RESERVED_TRAINER_KWARGS",
-           "check_trainer_kwargs", "fit_plan",
+           "check_trainer_kwargs", "class_codes", "default_epochs", "fit_plan", "gene_moments",
+           "match_detection",
            "process_rank", "trainer_options", "validation_split"]

@@ -10,6 +10,7 @@ random stream (class-balanced draws), so no process management is needed here.
 from __future__ import annotations
 
 import numpy as np
+import scipy.sparse as sp
 import torch
 import torch.distributed as dist
 from torch.utils.data import IterableDataset
@@ -155,3 +156,29 @@ class MinibatchData(IterableDataset):
             rows = np.sort(rows)  # sorted rows slice sparse matrices faster
             yield tuple(torch.from_numpy(np.asarray(a[rows]) if a.ndim == 1
                                          else _utils.dense_rows(a, rows)) for a in self.arrays)
+
+
+def gene_moments(X):
+    """Per-gene mean and scale (1 where a gene is constant) of continuous input, and whether it
+    is non-negative; computed without densifying sparse input."""
+    mean = np.asarray(X.mean(axis=0), dtype=np.float64).ravel()
+    sq = X.multiply(X).mean(axis=0) if sp.issparse(X) else (X.astype(np.float64) ** 2).mean(0)
+    scale = np.sqrt(np.maximum(np.asarray(sq, dtype=np.float64).ravel() - mean**2, 0))
+    scale = np.where(scale > 1e-8, scale, 1.0)
+    values = X.data if sp.issparse(X) else X
+    return mean.astype(np.float32), scale.astype(np.float32), bool(values.min() >= 0)
+
+
+def class_codes(y, n_cells: int):
+    """Integer class codes of ``y`` (for class-balanced minibatches), or None without labels."""
+    if y is None:
+        return None
+    return np.unique(_utils.check_labels(y, n_cells).astype(str), return_inverse=True)[1]
+
+
+def default_epochs(n_obs: int, batch_size: int, steps: int = 3000, low: int = 20,
+                   high: int = 200) -> int:
+    """Epochs for about ``steps`` optimiser steps over ``n_obs`` cells, between ``low`` and
+    ``high`` passes over the data."""
+    steps_per_epoch = max(1, int(np.ceil(n_obs / batch_size)))
+    return int(np.clip(np.ceil(steps / steps_per_epoch), low, high))

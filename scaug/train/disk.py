@@ -244,7 +244,7 @@ class OnDiskCells:
 
     def gene_moments(self):
         """Per-gene mean, scale (1 where constant) and non-negativity, in one streaming pass; the
-        same figures as the in-memory ``scaug.autoencoder._gene_moments``."""
+        same figures as the in-memory ``scaug.train.data.gene_moments``."""
         total = np.zeros(self.shape[1])
         squares = np.zeros(self.shape[1])
         low = np.inf
@@ -266,7 +266,7 @@ class OnDiskCells:
         each encoded ``batch_size`` cells at a time."""
         latents, library = [], np.empty(self.shape[0])
         for start, block in self.blocks():
-            latents.append(autoencoder._latents(block, batch_size))
+            latents.append(autoencoder.encode(block, batch_size))
             library[start:start + block.shape[0]] = _utils.row_sums(block)
         return np.concatenate(latents), library
 

@@ -205,7 +205,7 @@ class DenoiserPlan(_StepPlan):
     """Trains :class:`scaug.nn.Denoiser` with the diffusion loss (pre-guidance).
 
     Batches are ``(z0, spread, label)``: the denoiser learns ``z0 + spread * noise`` (the smoothed
-    bootstrap of :func:`scaug.model._smoothed_bootstrap`; ``spread`` 0 learns the latents as
+    bootstrap of :func:`scaug.sampling.smoothed_bootstrap`; ``spread`` 0 learns the latents as
     they are). A fraction ``label_dropout`` of the labels is replaced by the null label, so one
     network is conditional and unconditional (classifier-free guidance); without labels
     (``conditional=False``) every cell carries the null label.

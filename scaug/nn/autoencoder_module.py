@@ -49,7 +49,7 @@ def nb_counts(mu: np.ndarray, theta: np.ndarray, rng: np.random.Generator) -> sp
     Examples
     --------
     >>> import numpy as np
-    >>> from scaug.nn.autoencoder import nb_counts
+    >>> from scaug.nn.autoencoder_module import nb_counts
     >>> mu = np.array([[0.0, 0.01, 5.0], [0.0, 1.0, 500.0]], dtype=np.float32)
     >>> x = nb_counts(mu, np.array([1.0, 2.0, 10.0]), np.random.default_rng(0))
     >>> x.shape, x.dtype, int(x[:, 0].sum())
