@@ -17,13 +17,12 @@ import scipy.sparse as sp
 import torch
 from imblearn.over_sampling.base import BaseOverSampler
 from sklearn.base import clone
-from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import StrOptions
 
 from . import _utils, sampling
 from .autoencoder import CellAutoencoder
-from .model import _smoothed_bootstrap
-from .oversampler import check_resample_input, labelled_request
+from .base import CellOverSampler
+from .sampling import smoothed_bootstrap
 
 try:  # scikit-learn >= 1.6
     from sklearn.frozen import FrozenEstimator
@@ -34,7 +33,7 @@ except ImportError:  # pragma: no cover - older scikit-learn
 _OWN_PARAMS = ("max_epochs", "device", "random_state", "verbose")
 
 
-class LatentOverSampler(BaseOverSampler):
+class LatentOverSampler(CellOverSampler):
     """Over-sample cell types with latents drawn by a simple rule and decoded by an autoencoder.
 
     An imbalanced-learn sampler like :class:`scaug.SCLDOverSampler`, without the diffusion
@@ -175,6 +174,9 @@ class LatentOverSampler(BaseOverSampler):
         "autoencoder_params": [dict, None],
     }
 
+    #: seeds drawn from random_state: the autoencoder's fit, the latents, the libraries, decoding
+    _n_seeds = 4
+
     def __init__(self, *, sampling_strategy="auto", random_state=None, method="gaussian",
                  autoencoder=None, smoothing=4.0, max_epochs=None, device="auto", verbose=False,
                  autoencoder_params=None):
@@ -266,19 +268,17 @@ class LatentOverSampler(BaseOverSampler):
         -------
         X_resampled, y_resampled
         """
-        check_resample_input(self, X, y)
+        return super().fit_resample(X, y, **params)
+
+    def _check_settings(self) -> None:
         if not _fitted(self.autoencoder) and not isinstance(self.autoencoder, str | os.PathLike) \
                 and not (FrozenEstimator is not None and isinstance(self.autoencoder,
                                                                     FrozenEstimator)):
             self._new_autoencoder(0)  # autoencoder_params checked before any work
-        return super().fit_resample(X, y, **params)
 
-    def _fit_resample(self, X, y):
-        request = labelled_request(self, y)
+    def _synthesize(self, X, y, request, seeds):
+        fit_seed, latent_seed, library_seed, decode_seed = seeds
         unlabelled = _utils.unlabelled_mask(np.asarray(y))
-        rng = check_random_state(self.random_state)
-        fit_seed, latent_seed, library_seed, decode_seed = (
-            int(s) for s in rng.randint(0, 2**31 - 1, size=4))
         n_generate = sum(request.values())
         template = self.autoencoder is None or (isinstance(self.autoencoder, CellAutoencoder)
                                                 and not _fitted(self.autoencoder))
@@ -291,20 +291,12 @@ class LatentOverSampler(BaseOverSampler):
         else:
             n_latent = 0 if self.autoencoder_ is None else int(self.autoencoder_.n_latent)
             Z_new, X_new = np.zeros((0, n_latent), np.float32), X[:0]
-        y_new = np.concatenate([np.full(n, c, dtype=y.dtype) for c, n in request.items()]
-                               or [y[:0]])
-        if sp.issparse(X):
-            X_res = sp.vstack([X, X_new], format=X.format)
-        else:
-            X_res = np.concatenate([X, X_new])
         self.sample_latents_ = Z_new
-        self.n_synthetic_ = int(n_generate)
-        self.synthetic_mask_ = np.r_[np.zeros(len(y), dtype=bool), np.ones(n_generate, dtype=bool)]
-        return X_res, np.concatenate([y, y_new])
+        return X_new
 
     def _generate(self, X, y, unlabelled, request, latent_seed, library_seed, decode_seed):
         ae = self.autoencoder_
-        Z = ae._latents(_utils.check_matrix(X))  # genes checked in _resolve_autoencoder
+        Z = ae.encode(_utils.check_matrix(X))  # genes checked in _resolve_autoencoder
         counts = ae.likelihood_ == "nb"
         classes = np.unique(y[~unlabelled])
         codes = np.full(len(y), -1, dtype=np.int64)
@@ -318,7 +310,7 @@ class LatentOverSampler(BaseOverSampler):
             library=_utils.row_sums(X)[labelled] if counts else None)
         rng = np.random.default_rng(latent_seed)
         if self.method == "bootstrap":
-            shrunk, spread = _smoothed_bootstrap(Zs, codes, float(self.smoothing))
+            shrunk, spread = smoothed_bootstrap(Zs, codes, float(self.smoothing))
         blocks, block_codes = [], []
         for label, k in request.items():
             code = int(np.searchsorted(classes, label))
@@ -341,11 +333,7 @@ class LatentOverSampler(BaseOverSampler):
         X_new = sampling.decode(ae, Z_new, library, _utils.cpu_generator(decode_seed),
                                 sparse=sp.issparse(X),
                                 cells_per_batch=max(1, min(4096, 2**24 // X.shape[1])))
-        dtype = X.dtype
-        if counts and np.issubdtype(dtype, np.integer):
-            dtype = sampling.output_dtype(dtype, X_new.max() if X_new.shape[0] else 0)
-        X_new = sp.csr_matrix(X_new, dtype=dtype) if sp.issparse(X) else np.asarray(X_new, dtype=dtype)
-        return Z_new, X_new
+        return Z_new, X_new  # in X's dtype and format: the core's business
 
 
 def _fitted(ae) -> bool:

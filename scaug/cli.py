@@ -20,7 +20,7 @@ import os
 import sys
 import time
 
-from . import __version__
+from ._version import __version__
 
 #: tiny settings of ``--quick`` (smoke tests): seconds instead of minutes, meaningless scores
 _QUICK_SCLD = {"n_latent": 4, "ae_hidden": (16,), "width": 16, "depth": 1, "diffusion_steps": 10}
@@ -243,7 +243,7 @@ def _check_output(args):
 
 
 def _check_device(args):
-    from ._utils import resolve_device
+    from ._torch_utils import resolve_device
 
     resolve_device(args.device)
 
@@ -335,8 +335,9 @@ def _augment(args) -> int:
     params = _model_options(args)
     seed, device, verbose = params.pop("random_state"), params.pop("device"), params.pop("verbose")
     if args.model is not None:  # a reused model is not trained: only sampling options apply
-        params = {k: v for k, v in params.items() if k in tl.SAMPLE_OPTIONS}
-    tl.conditions_of(adata, _batch_key(args), args.labels_key)  # unknown keys fail here
+        from .oversampler import SAMPLING_OPTIONS
+
+        params = {k: v for k, v in params.items() if k in SAMPLING_OPTIONS}
     aug = tl.augment(adata, args.labels_key, batch_key=_batch_key(args), layer=args.layer,
                      sampling_strategy=strategy,
                      model=args.model, key_added=args.key_added, random_state=seed,
@@ -404,7 +405,7 @@ def _info(args) -> int:
     _check_input(args.model)
     import json
 
-    from ._utils import checked_load
+    from ._torch_utils import checked_load
     from .model import SCLD
 
     try:

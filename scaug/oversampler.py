@@ -6,18 +6,17 @@ import os
 from collections.abc import Mapping
 from numbers import Integral, Real
 
-import numpy as np
 import pandas as pd
-import scipy.sparse as sp
 import torch
 from imblearn.over_sampling.base import BaseOverSampler
-from imblearn.utils import check_sampling_strategy
-from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import StrOptions
 from sklearn.utils.validation import check_is_fitted
 
-from . import _utils, sampling
+from . import _utils
 from .autoencoder import CellAutoencoder
+from .base import CellOverSampler
+from .conditions import check_conditions, spread_request
+from .conditions import values_of as conditions_of_model
 from .diffusion import SAMPLERS
 from .io import load
 from .model import SCLD
@@ -28,80 +27,13 @@ except ImportError:  # pragma: no cover - older scikit-learn
     FrozenEstimator = None
 
 #: SCLD parameters that SCLDOverSampler sets itself; scld_params may not repeat them
-_OWN_PARAMS = ("autoencoder", "max_epochs", "device", "random_state", "verbose", "guidance_scale",
-               "classifier_scale", "screening", "n_sample_steps", "sampler")
+#: SCLD's sampling settings, which SCLDOverSampler takes itself (None: the model's own)
+SAMPLING_OPTIONS = ("guidance_scale", "classifier_scale", "refinement", "screening",
+                    "screening_threshold", "n_sample_steps", "sampler")
+_OWN_PARAMS = ("autoencoder", "max_epochs", "device", "random_state", "verbose", *SAMPLING_OPTIONS)
 
 
-def check_resample_input(sampler, X, y) -> None:
-    """What imbalanced-learn would only fail on deep inside (or not at all), refused up front.
-
-    The sampler's own parameters are checked whatever scikit-learn's nested-validation setting;
-    ``X`` and ``y`` must be given, and numeric ``X`` must fit float32 (what the model computes
-    in); labels mixing strings with -1 and a callable ``sampling_strategy`` that returns anything
-    but a mapping are refused with what to do.
-    """
-    _utils.validate_params(sampler)
-    for name, value in (("X", X), ("y", y)):
-        if value is None:
-            raise ValueError(f"{name} is None; fit_resample needs the cells X and their class "
-                             "labels y (one per cell).")
-    labels = np.asarray(y.to_numpy() if hasattr(y, "to_numpy") else y)
-    if labels.ndim == 0:
-        raise ValueError(f"y must be a 1-D array of class labels, one per cell; got the scalar "
-                         f"{labels!r}.")
-    if labels.ndim == 1:  # missing or continuous labels, and strings mixed with numbers
-        labels = _utils.check_labels(labels, len(labels))
-        _utils.check_sortable(labels[~_utils.unlabelled_mask(labels)])
-    if labels.dtype == object and _utils.unlabelled_mask(labels).any() and any(
-            isinstance(v, str) for v in labels):
-        raise ValueError("y mixes string class labels with -1 for unlabelled cells. Encode "
-                         "the labelled cells' classes as integers (LabelEncoder) and keep -1 "
-                         "for the unlabelled ones, as scikit-learn's semi-supervised "
-                         "estimators require.")
-    strategy = sampler.sampling_strategy
-    if isinstance(strategy, bool | np.bool_):
-        raise TypeError(f"sampling_strategy={strategy!r} is a bool; give a float ratio (binary "
-                        "classes), 'auto', 'minority', 'not majority', 'all', a dict {class: "
-                        "cells after resampling} or a callable returning one.")
-    if callable(strategy):
-        request = strategy(labels)
-        if not isinstance(request, Mapping):
-            raise TypeError(f"sampling_strategy is a callable that returned a "
-                            f"{type(request).__name__}; it must return a dict "
-                            "{class: number of cells after resampling}.")
-    labelled = labels[~_utils.unlabelled_mask(labels)] if labels.ndim == 1 else labels
-    try:  # imbalanced-learn's own check, whose messages do not always name the parameter
-        check_sampling_strategy(strategy, labelled, "over-sampling")
-    except ValueError as err:
-        if "sampling_strategy" in str(err):
-            raise
-        raise ValueError(f"sampling_strategy={strategy!r}: {err}") from None
-    if not sp.issparse(X) and not hasattr(X, "dtypes"):
-        values = np.asarray(X) if not isinstance(X, np.ndarray) else X
-        if values.dtype.kind in "fiu":
-            _utils.check_float32_range(values, "X")
-    elif sp.issparse(X) and X.dtype.kind in "fiu":
-        _utils.check_float32_range(X.data, "X")
-
-
-def labelled_request(sampler, y) -> dict:
-    """``{class: cells to generate}`` of an over-sampler, -1 (unlabelled) being no class.
-
-    Sets ``sampler.sampling_strategy_`` from the labelled cells only when some are unlabelled,
-    and refuses a strategy that asks for part of a cell (never truncated).
-    """
-    unlabelled = _utils.unlabelled_mask(np.asarray(y))
-    if unlabelled.any():
-        sampler.sampling_strategy_ = check_sampling_strategy(
-            sampler.sampling_strategy, y[~unlabelled], sampler._sampling_type)
-    fractional = {c: n for c, n in sampler.sampling_strategy_.items() if not float(n).is_integer()}
-    if fractional:
-        raise ValueError(f"sampling_strategy asks for a number of cells that is not whole "
-                         f"({fractional} to generate); give whole numbers of cells per class.")
-    return {c: int(n) for c, n in sampler.sampling_strategy_.items() if n > 0}
-
-
-class SCLDOverSampler(BaseOverSampler):
+class SCLDOverSampler(CellOverSampler):
     """Over-sample rare cell types with cells synthesized by SCLD (single-cell latent diffusion).
 
     A drop-in imbalanced-learn sampler: ``fit_resample(X, y)`` returns the original cells followed
@@ -163,28 +95,21 @@ class SCLDOverSampler(BaseOverSampler):
     verbose : bool, default=False
         Progress bars while training and sampling. Off by default because a sampler usually runs
         once per fold inside a cross-validation.
-    guidance_scale : float, default=1.0
-        Classifier-free guidance weight: 1 is plain conditional sampling, above 1 pushes cells
-        toward what is typical of their type.
-    classifier_scale : float, default=0.0
-        Classifier-guidance scale; 0 switches classifier guidance off.
-    screening : bool, default=False
-        Keep only synthetic cells that the latent classifier assigns to their type and that lie
-        near the real cells of the type (redrawing the others).
-
-        The defaults give the most realistic cells measured (``docs/archive/fidelity_10shot.md``);
-        ``guidance_scale=2.0, classifier_scale=1.0, screening=True`` give more prototypical
-        ones.
-    n_sample_steps : int, default=10
-        Steps of the diffusion sampler.
-    sampler : {"dpm-solver++", "ddim", "ancestral"}, default="dpm-solver++"
-        The diffusion sampler (see :class:`~scaug.SCLD`); DDIM needs about 50 steps to match
-        DPM-Solver++ at 10.
+    guidance_scale, classifier_scale, refinement, screening, screening_threshold, \
+n_sample_steps, sampler : default=None
+        SCLD's sampling settings (see :class:`~scaug.SCLD` for each); ``None`` keeps the
+        model's own: SCLD's defaults for a new model, what a reused model was fitted with.
+        ``guidance_scale`` above 1 pushes cells toward what is typical of their type,
+        ``classifier_scale > 0`` and ``screening=True`` add post-guidance (the latent classifier
+        is then trained), ``refinement`` noises and denoises each cell without its type,
+        ``n_sample_steps`` and ``sampler`` choose the solver (DDIM needs about 50 steps to match
+        DPM-Solver++ at 10). The defaults give the most realistic cells measured (see
+        :doc:`/results`).
     scld_params : dict or None, default=None
         Further keyword arguments of a new :class:`~scaug.SCLD` (e.g. ``n_latent``,
-        ``ae_hidden``, ``width``, ``depth``, ``diffusion_steps``, ``batch_size``,
-        ``screening_threshold``). The parameters above are set through the sampler and may not
-        be repeated here. Ignored when a fitted or saved SCLD is reused.
+        ``ae_hidden``, ``width``, ``depth``, ``diffusion_steps``, ``batch_size``). The
+        parameters above are set through the sampler and may not be repeated here. Ignored when
+        a fitted or saved SCLD is reused.
     condition_spread : {"proportional", "uniform"} or callable, default="proportional"
         With ``conditions`` (the batch, donor or sample of each cell, given to
         ``fit_resample``): how a class's synthetic cells are spread over the values.
@@ -195,7 +120,10 @@ class SCLDOverSampler(BaseOverSampler):
         gets the class's real cells per batch (a pandas Series indexed by every batch in the
         data; tuples of values for several attributes) and returns non-negative weights (a
         Series or dict). Numbers are whole (largest remainders, ties to the first batch), see
-        :func:`scaug.sampling.spread_request`.
+        :func:`scaug.conditions.spread_request`.
+    condition_scales : dict or None, default=None
+        With ``conditions``: the guidance weight of each attribute (see :meth:`SCLD.sample`);
+        ``None`` is 1 for every attribute, an exact draw of the class within the batch.
 
     Attributes
     ----------
@@ -334,19 +262,23 @@ class SCLDOverSampler(BaseOverSampler):
         "max_epochs": [_utils.Interval(Integral, 1, None, closed="left"), None],
         "device": [str, torch.device],
         "verbose": ["boolean"],
-        "guidance_scale": [_utils.Interval(Real, 0, None, closed="left")],
-        "classifier_scale": [_utils.Interval(Real, 0, None, closed="left")],
-        "screening": ["boolean"],
-        "n_sample_steps": [_utils.Interval(Integral, 1, None, closed="left")],
-        "sampler": [StrOptions(set(SAMPLERS))],
+        "guidance_scale": [_utils.Interval(Real, 0, None, closed="left"), None],
+        "classifier_scale": [_utils.Interval(Real, 0, None, closed="left"), None],
+        "refinement": [_utils.Interval(Real, 0, 1, closed="left"), None],
+        "screening": ["boolean", None],
+        "screening_threshold": [_utils.Interval(Real, 0, 1, closed="left"), None],
+        "n_sample_steps": [_utils.Interval(Integral, 1, None, closed="left"), None],
+        "sampler": [StrOptions(set(SAMPLERS)), None],
         "scld_params": [dict, None],
         "condition_spread": [StrOptions({"proportional", "uniform"}), callable],
+        "condition_scales": [dict, None],
     }
 
     def __init__(self, *, sampling_strategy="auto", random_state=None, model=None,
-                 max_epochs=None, device="auto", verbose=False, guidance_scale=1.0,
-                 classifier_scale=0.0, screening=False, n_sample_steps=10, sampler="dpm-solver++",
-                 scld_params=None, condition_spread="proportional"):
+                 max_epochs=None, device="auto", verbose=False, guidance_scale=None,
+                 classifier_scale=None, refinement=None, screening=None, screening_threshold=None,
+                 n_sample_steps=None, sampler=None, scld_params=None,
+                 condition_spread="proportional", condition_scales=None):
         super().__init__(sampling_strategy=sampling_strategy)
         self.random_state = random_state
         self.model = model
@@ -355,11 +287,18 @@ class SCLDOverSampler(BaseOverSampler):
         self.verbose = verbose
         self.guidance_scale = guidance_scale
         self.classifier_scale = classifier_scale
+        self.refinement = refinement
         self.screening = screening
+        self.screening_threshold = screening_threshold
         self.n_sample_steps = n_sample_steps
         self.sampler = sampler
         self.scld_params = scld_params
         self.condition_spread = condition_spread
+        self.condition_scales = condition_scales
+
+    def _sampling_options(self) -> dict:
+        """The sampling settings given (None: the model's own, SCLD's defaults for a new one)."""
+        return {k: getattr(self, k) for k in SAMPLING_OPTIONS if getattr(self, k) is not None}
 
     # -- the model -----------------------------------------------------------------------------
     def _new_scld(self, seed, autoencoder=None) -> SCLD:
@@ -374,9 +313,8 @@ class SCLDOverSampler(BaseOverSampler):
                              f"valid ones: {sorted(set(SCLD().get_params()) - set(_OWN_PARAMS))}.")
         # the sampling settings too: a model fitted for post-guidance trains its latent classifier
         model = SCLD(autoencoder=autoencoder, max_epochs=self.max_epochs, device=self.device,
-                     random_state=seed, verbose=self.verbose, guidance_scale=self.guidance_scale,
-                     classifier_scale=self.classifier_scale, screening=self.screening,
-                     n_sample_steps=self.n_sample_steps, sampler=self.sampler, **params)
+                     random_state=seed, verbose=self.verbose, **self._sampling_options(),
+                     **params)
         try:  # scikit-learn skips nested validation inside fit_resample; scaug does not
             _utils.validate_params(model)
         except ValueError as err:
@@ -450,13 +388,14 @@ class SCLDOverSampler(BaseOverSampler):
         -------
         X_resampled, y_resampled
         """
-        check_resample_input(self, X, y)
-        if not isinstance(self.model, SCLD | str | os.PathLike) and not (
-                FrozenEstimator is not None and isinstance(self.model, FrozenEstimator)):
-            self._new_scld(0)  # scld_params checked before any work
         if conditions is None:
             return super().fit_resample(X, y)
         return super().fit_resample(X, y, conditions=conditions)
+
+    def _check_settings(self) -> None:
+        if not isinstance(self.model, SCLD | str | os.PathLike) and not (
+                FrozenEstimator is not None and isinstance(self.model, FrozenEstimator)):
+            self._new_scld(0)  # scld_params checked before any work
 
     @staticmethod
     def _conditions(conditions, n_cells):
@@ -470,12 +409,12 @@ class SCLDOverSampler(BaseOverSampler):
             unnamed = not isinstance(name, str) or not name
             conditions = {"batch" if unnamed else name: conditions}
         dtypes = {k: getattr(v, "dtype", None) for k, v in conditions.items()}
-        return sampling.check_conditions(conditions, n_cells), dtypes, unnamed
+        return check_conditions(conditions, n_cells), dtypes, unnamed
 
     def _check_reused_conditions(self, conditions, spread, dtypes, unnamed):
         """The conditions under the reused model's names (one unnamed attribute takes the name
         of a model's only one), or a clear error for names it was not fitted with."""
-        known = list(self.model_._condition_values())
+        known = list(conditions_of_model(self.model_))
         if unnamed and len(known) == 1:
             conditions = {known[0]: conditions.pop("batch")}
             spread = spread.rename(columns={"batch": known[0]})
@@ -485,54 +424,43 @@ class SCLDOverSampler(BaseOverSampler):
             raise ValueError(f"The given SCLD was not fitted with the conditions {unknown} (it "
                              f"knows {known or 'none'}); fit it with them, or leave them out of "
                              "fit_resample.")
+        values = conditions_of_model(self.model_)
+        for key, given in conditions.items():
+            seen = {_utils.plain_label(v) for v in values[key]}
+            new = sorted({_utils.plain_label(v) for v in given} - seen, key=str)
+            if new:
+                raise ValueError(f"Unknown value {new[0]!r} of condition {key!r}: the given SCLD "
+                                 f"was not trained on {new}; it knows {list(values[key])}.")
         return conditions, spread, dtypes
 
-    def _fit_resample(self, X, y, conditions=None):
+    def _synthesize(self, X, y, request, seeds, conditions=None):
+        fit_seed, sample_seed = seeds
         conditions, dtypes, unnamed = self._conditions(conditions, len(y))
-        request = labelled_request(self, y)
-        rng = check_random_state(self.random_state)
-        fit_seed, sample_seed = (int(s) for s in rng.randint(0, 2**31 - 1, size=2))
         n_generate = sum(request.values())
         spread = None
         if conditions:  # before any training: a bad rule fails at once
-            spread = sampling.spread_request(request, y, pd.DataFrame(conditions),
+            spread = spread_request(request, y, pd.DataFrame(conditions),
                                              self.condition_spread)
         self.model_ = self._resolve_model(X, y, fit_seed, n_generate, conditions)
         if conditions and self.model_ is not None:
             conditions, spread, dtypes = self._check_reused_conditions(conditions, spread, dtypes,
                                                                        unnamed)
-
-        if n_generate == 0:
-            X_new = X[:0]
-            y_new = y[:0]
-            self.sampling_report_ = {}
-        else:
-            X_syn, y_syn = self.model_.sample(
-                request, random_state=sample_seed, guidance_scale=self.guidance_scale,
-                classifier_scale=self.classifier_scale, screening=self.screening,
-                n_sample_steps=self.n_sample_steps, sampler=self.sampler,
-                conditions=None if spread is None else {k: spread[k].to_numpy() for k in spread})
-            self.sampling_report_ = {k: dict(v) for k, v in self.model_.sampling_report_.items()}
-            # SCLD returns the classes in the order asked, each as one block
-            y_new = np.concatenate([np.full(n, c, dtype=y.dtype) for c, n in request.items()])
-            same = (_utils.plain_label(a) == _utils.plain_label(b) for a, b in zip(y_syn, y_new, strict=True))
-            if X_syn.shape[0] != len(y_new) or not all(same):
-                raise RuntimeError("SCLD returned cells in an unexpected order.")
-            if sp.issparse(X):
-                X_new = sp.csr_matrix(X_syn, dtype=X.dtype)
-            else:
-                X_new = X_syn.toarray() if sp.issparse(X_syn) else X_syn
-                X_new = np.asarray(X_new, dtype=X.dtype)
-
-        if sp.issparse(X):
-            X_res = sp.vstack([X, X_new], format=X.format, dtype=X.dtype)
-        else:
-            X_res = np.concatenate([X, X_new])
-        y_res = np.concatenate([y, y_new])
-        self.n_synthetic_ = int(n_generate)
-        self.synthetic_mask_ = np.r_[np.zeros(len(y), dtype=bool), np.ones(n_generate, dtype=bool)]
         self.synthetic_conditions_ = None if spread is None else _with_dtypes(spread, dtypes)
-        return X_res, y_res
+        self.sampling_report_ = {}
+        if n_generate == 0:
+            return X[:0]
+        X_syn, y_syn = self.model_.sample(
+            request, random_state=sample_seed, **self._sampling_options(),
+            conditions=None if spread is None else {k: spread[k].to_numpy() for k in spread},
+            condition_scales=self.condition_scales)
+        self.sampling_report_ = {k: dict(v) for k, v in self.model_.sampling_report_.items()}
+        # SCLD returns the classes in the order asked, each as one block
+        expected = [c for c, n in request.items() for _ in range(n)]
+        if len(y_syn) != len(expected) or any(
+                _utils.plain_label(a) != _utils.plain_label(b)
+                for a, b in zip(y_syn, expected, strict=True)):
+            raise RuntimeError("SCLD returned cells in an unexpected order.")
+        return X_syn
 
 
 def _with_dtypes(frame, dtypes):

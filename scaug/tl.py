@@ -39,10 +39,6 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-#: :meth:`SCLD.sample` options that may be changed on a fitted model
-SAMPLE_OPTIONS = ("guidance_scale", "classifier_scale", "refinement", "screening",
-                  "screening_threshold", "n_sample_steps", "sampler")
-
 __all__ = ["augment", "fit", "sample"]
 
 
@@ -243,76 +239,8 @@ def _stack_obs(obs, y_syn, labels_key, key_added, names, batches=None):
     return out[[c for c in obs.columns if c != key_added] + [key_added]]
 
 
-def _like(X_syn, X):
-    """Synthetic rows in the container, sparse format and dtype of the input matrix ``X``."""
-    if sp.issparse(X):
-        return sp.csr_matrix(X_syn).asformat(X.format).astype(X.dtype)
-    return np.asarray(X_syn.toarray() if sp.issparse(X_syn) else X_syn, dtype=X.dtype)
-
-
-def _stack(X, X_new):
-    if sp.issparse(X):
-        return sp.vstack([X, X_new], format=X.format, dtype=X.dtype)
-    return np.concatenate([np.asarray(X), X_new])
-
-
 def _report(model):
     return {str(k): dict(v) for k, v in getattr(model, "sampling_report_", {}).items()}
-
-
-# -- reusing a model -----------------------------------------------------------------------------
-def check_reusable(model, adata, X, request, conditions=None):
-    """Refuse a fitted SCLD that cannot generate ``request`` for ``adata``, before any sampling."""
-    from sklearn.utils.validation import check_is_fitted
-
-    from ._utils import GeneSignature, is_count_matrix, plain_label
-
-    check_is_fitted(model, "denoiser_")
-    model.check_genes(GeneSignature(X.shape, _gene_names(adata)))
-    if model.classes_ is None:
-        raise ValueError("The given SCLD was fitted without labels; it cannot generate cells of "
-                         "chosen types. Fit it with labels.")
-    known = {plain_label(c) for c in model.classes_}
-    missing = [c for c in request if plain_label(c) not in known]
-    if missing:
-        raise ValueError(f"The given SCLD cannot generate the types {missing}: it knows "
-                         f"{list(model.classes_)}.")
-    if model.counts_ and not is_count_matrix(X):
-        raise ValueError("The given SCLD generates integer counts, but the data are not integer "
-                         "counts (log-normalised?); pass layer= with the counts.")
-    known = model._condition_values()
-    for key, values in (conditions or {}).items():
-        if key not in known:
-            raise ValueError(f"The given SCLD was not fitted with the condition {key!r} (it knows "
-                             f"{list(known) or 'none'}); fit it with batch_key={key!r}.")
-        seen = {plain_label(v) for v in known[key]}
-        new = sorted({plain_label(v) for v in values} - seen, key=str)
-        if new:
-            raise ValueError(f"obs[{key!r}] has values the given SCLD was not trained on: {new}; "
-                             f"it knows {list(known[key])}.")
-
-
-def resolve_strategy(sampling_strategy, y, labelled):
-    """``{type: cells to generate}`` from imbalanced-learn's ``sampling_strategy``."""
-    from imblearn.utils import check_sampling_strategy
-
-    if len(np.unique(y[labelled])) < 2 and not isinstance(sampling_strategy, dict):
-        raise ValueError("sampling_strategy needs at least two labelled cell types, unless it is "
-                         "a dict {type: number of cells after augmentation}.")
-    if isinstance(sampling_strategy, dict):  # say which type is wrong, unlike imbalanced-learn
-        types, sizes = np.unique(y[labelled], return_counts=True)
-        have = dict(zip(types.tolist(), sizes.tolist(), strict=True))
-        for label, n in sampling_strategy.items():
-            if label not in have:
-                raise ValueError(f"Unknown cell type {label!r} in sampling_strategy; the labelled "
-                                 f"types are {sorted(have)}.")
-            if not isinstance(n, Integral) or isinstance(n, bool) or n < have[label]:
-                raise ValueError(f"sampling_strategy asks for {n!r} cells of {label!r} after "
-                                 f"augmentation, but it has {have[label]} already; give an int "
-                                 f">= {have[label]} (the count after augmentation, not the "
-                                 "number to add).")
-    strategy = check_sampling_strategy(sampling_strategy, y[labelled], "over-sampling")
-    return {c: int(n) for c, n in strategy.items() if n > 0}
 
 
 def augment(adata, labels_key, *, batch_key=None, layer=None, sampling_strategy="auto", model=None,
@@ -411,75 +339,30 @@ def augment(adata, labels_key, *, batch_key=None, layer=None, sampling_strategy=
     >>> aug.obs.loc[aug.obs["synthetic"], "batch"].value_counts().sort_index().tolist()
     [6, 14]
     """
-    from sklearn.utils import check_random_state
-
-    from . import __version__
-    from ._utils import resolve_device
-    from .autoencoder import CellAutoencoder
+    from ._version import __version__
 
     if not isinstance(key_added, str) or not key_added or key_added == labels_key:
         raise ValueError(f"key_added must be a non-empty column name other than labels_key; got "
                          f"{key_added!r}.")
     X = counts_of(adata, layer)
-    y, labelled = labels_of(adata, labels_key)
+    y, _ = labels_of(adata, labels_key)
     conditions = conditions_of(adata, batch_key, labels_key)
-    if conditions is not None:
-        from .sampling import check_conditions
-
-        if key_added in conditions:
-            raise ValueError(f"key_added {key_added!r} is a batch_key; name the synthetic-cell "
-                             "marker otherwise.")
-        conditions = check_conditions(conditions, adata.n_obs)
-    request = resolve_strategy(sampling_strategy, y, labelled)
-    spread = None
-    if conditions is not None:  # before any training: a bad rule fails at once
-        from .sampling import spread_request
-
-        spread = spread_request(request, y, pd.DataFrame(conditions), condition_spread)
-    rng = check_random_state(random_state)
-    fit_seed, sample_seed = (int(s) for s in rng.randint(0, 2**31 - 1, size=2))
-
-    source, autoencoder = "new", None
-    if isinstance(model, str | os.PathLike):
-        resolve_device(device)
-        from .io import load
-
-        source, loaded = os.fspath(model), load(model, device)  # decided by the saved class
-        autoencoder, model = (loaded, None) if isinstance(loaded, CellAutoencoder) else (None,
-                                                                                         loaded)
-    elif isinstance(model, CellAutoencoder):
-        source, autoencoder, model = "given CellAutoencoder", model, None
-    elif model is not None and not isinstance(model, _scld()):
-        raise TypeError("model must be None, a fitted SCLD or CellAutoencoder, or the path of a "
-                        f"saved one; got {type(model).__name__}.")
-    elif model is not None:
-        source = "given SCLD"
-
-    if model is not None:
-        extra = sorted(set(params) - set(SAMPLE_OPTIONS))
-        if extra:
-            raise ValueError(f"A reused model is not trained again, so {extra} cannot apply; only "
-                             f"the sampling options {list(SAMPLE_OPTIONS)} can.")
-        check_reusable(model, adata, X, request, conditions)
-    if request and model is None:
-        model = _fit_scld(X, y, _gene_names(adata), dict(
-            params, autoencoder=autoencoder, random_state=fit_seed, device=device,
-            verbose=verbose), conditions)
-        params = {}
-    if request:
-        opts = {k: v for k, v in params.items() if k in SAMPLE_OPTIONS}
-        if spread is not None:
-            opts.update(conditions={k: spread[k].to_numpy() for k in spread},
-                        condition_scales=condition_scales)
-        X_syn, y_syn = model.sample(request, random_state=sample_seed, **opts)
-        X_syn, y_syn = _like(X_syn, X), np.asarray(y_syn, dtype=object)
-    else:
-        X_syn, y_syn = _like(np.zeros((0, X.shape[1])), X), np.zeros(0, dtype=object)
+    if conditions is not None and key_added in conditions:
+        raise ValueError(f"key_added {key_added!r} is a batch_key; name the synthetic-cell "
+                         "marker otherwise.")
+    source, reused = _model_source(model)
+    sampler = _oversampler(model, reused, params, sampling_strategy=sampling_strategy,
+                           random_state=random_state, device=device, verbose=verbose,
+                           condition_spread=condition_spread, condition_scales=condition_scales)
+    # the core validates, resolves the request, fits or reuses the model and draws the cells
+    X_res, y_res = sampler.resample(X, y, conditions=conditions, feature_names=_gene_names(adata))
+    y_syn = np.asarray(y_res[adata.n_obs:], dtype=object)
+    model = sampler.model_
+    spread = sampler.synthetic_conditions_
 
     import anndata as ad
 
     names = _synthetic_names(key_added, len(y_syn), adata.obs_names)
-    counts = _stack(X, X_syn)
     dropped = ([] if layer is None else ["X"]) + [f"layers/{k}" for k in adata.layers if k != layer]
     dropped += [f"obsm/{k}" for k in adata.obsm] + [f"obsp/{k}" for k in adata.obsp]
     dropped += ["raw"] if adata.raw is not None else []
@@ -497,21 +380,50 @@ def augment(adata, labels_key, *, batch_key=None, layer=None, sampling_strategy=
                    "model": source,
                    "scld": None if model is None else _model_params(model)},
         "n_synthetic": len(y_syn),
-        "n_generated": request,
-        "sampling_report": _report(model) if request else {},
+        "n_generated": {c: int(n) for c, n in sampler.sampling_strategy_.items() if n > 0},
+        "sampling_report": sampler.sampling_report_,
         "dropped": dropped,
     })
-    out = ad.AnnData(
-        X=None if layer is not None else counts,
+    return ad.AnnData(
+        X=None if layer is not None else X_res,
         obs=_stack_obs(adata.obs, y_syn, labels_key, key_added, names,
                        None if spread is None else {k: spread[k].to_numpy() for k in spread}),
         var=adata.var.copy(),
         varm={k: np.array(v, copy=True) if not sp.issparse(v) else v.copy()
               for k, v in adata.varm.items()},
         uns=uns,
-        layers=None if layer is None else {layer: counts},
+        layers=None if layer is None else {layer: X_res},
     )
-    return out
+
+
+def _model_source(model):
+    """How ``uns["scaug"]`` names the model, and whether it is an SCLD reused as it is (a saved
+    file's class decides, not its name)."""
+    from .autoencoder import CellAutoencoder
+
+    if model is None:
+        return "new", False
+    if isinstance(model, str | os.PathLike):
+        from .io import saved_class
+
+        return os.fspath(model), saved_class(model) == "SCLD"
+    if isinstance(model, CellAutoencoder):
+        return "given CellAutoencoder", False
+    return "given SCLD", isinstance(model, _scld())  # anything else: the core says what is wrong
+
+
+def _oversampler(model, reused, params, **settings):
+    """The SCLDOverSampler that ``augment``'s flat ``**params`` describe: sampling options as
+    its own settings, the other SCLD parameters as ``scld_params`` (a reused SCLD takes none)."""
+    from .oversampler import SAMPLING_OPTIONS, SCLDOverSampler
+
+    own = {k: v for k, v in params.items() if k in (*SAMPLING_OPTIONS, "max_epochs")}
+    rest = {k: v for k, v in params.items() if k not in own}
+    if reused and (rest or "max_epochs" in own):
+        extra = sorted([*rest, *(["max_epochs"] if "max_epochs" in own else [])])
+        raise ValueError(f"A reused model is not trained again, so {extra} cannot apply; only "
+                         f"the sampling options {list(SAMPLING_OPTIONS)} can.")
+    return SCLDOverSampler(model=model, scld_params=rest or None, **own, **settings)
 
 
 def sample(model, n, *, conditions=None, random_state=None, labels_key="cell_type",
@@ -562,7 +474,7 @@ def sample(model, n, *, conditions=None, random_state=None, labels_key="cell_typ
     >>> syn.shape, syn.obs["cell_type"].tolist()[0], syn.var_names.equals(adata.var_names)
     ((5, 20), 'type_1', True)
     """
-    from . import __version__
+    from ._version import __version__
 
     if isinstance(model, str | os.PathLike):
         model = _scld().load(model, device=device)
