@@ -118,10 +118,23 @@ REGISTRY = {
     # fidelity's training-half regime only: the capped types' other training cells labelled -1
     "SCLD, semi-supervised": _scld(unlabelled=True),
     "SMOTE, to 0.2 of the largest type": _imblearn("SMOTE", "log", amount=0.2, dev=True),
+    # scvi-tools' models with its defaults (the optional ``benchmarks`` dependency; _peers.py)
+    "scVI": dict(kind="scvi", model="SCVI", gene_likelihood="nb",
+                 max_epochs="scvi-tools default: min(round(20000 / n_cells * 400), 400)",
+                 generation="posterior_predictive_sample around the type's training cells"),
+    "scANVI": dict(kind="scvi", model="SCANVI", gene_likelihood="nb",
+                   pretrained="the scVI row's fit (SCANVI.from_scvi_model), every cell labelled",
+                   max_epochs="scvi-tools default after pretraining: "
+                              "min(10, max(2, round(scVI's / 3)))",
+                   generation="prior of the label (module.decoder_z1_z2, module.generative), "
+                              "NB counts at the library size of a random training cell of the "
+                              "type"),
 }
 IMBLEARN = [n for n, s in REGISTRY.items() if s["kind"] == "imblearn" and "amount" not in s]
 #: the cheap latent baselines of the reports (an ablation's own latent baseline is ``dev``)
 LATENT = [n for n, s in REGISTRY.items() if s["kind"] == "latent" and not s.get("dev")]
+#: scvi-tools' models, run only where scvi-tools imports (``drop_unavailable``)
+PEERS = [n for n, s in REGISTRY.items() if s["kind"] == "scvi"]
 #: tiny networks and budgets of --quick: a smoke test of the code path, not a measurement
 QUICK = dict(autoencoder=dict(max_epochs=3, n_latent=8, hidden=[64]),
              diffusion=dict(diffusion_steps=150, width=64, depth=1),
@@ -142,8 +155,19 @@ def default_augmenters(dev: bool) -> list[str]:
     return [n for n, s in REGISTRY.items() if dev or not s.get("dev")]
 
 
+def drop_unavailable(augmenters: list[str]) -> list[str]:
+    """``augmenters`` without scVI and scANVI when scvi-tools cannot be imported (says so)."""
+    import _peers
+
+    why = _peers.missing() if set(augmenters) & set(PEERS) else None
+    if why:
+        print(why, flush=True)
+        return [a for a in augmenters if a not in PEERS]
+    return augmenters
+
+
 # -- code version and cache ---------------------------------------------------------------------
-LIBRARIES = ("numpy", "scipy", "sklearn", "imblearn", "torch", "xgboost", "scanpy")
+LIBRARIES = ("numpy", "scipy", "sklearn", "imblearn", "torch", "xgboost", "scanpy", "scvi")
 
 
 def _library_versions() -> dict:
@@ -182,8 +206,8 @@ def code_hash() -> str:
     h = hashlib.sha256(json.dumps(_library_versions(), sort_keys=True).encode())
     package = os.path.dirname(os.path.abspath(scaug.__file__))  # the scaug that is imported
     files = sorted(glob.glob(os.path.join(package, "**", "*.py"), recursive=True))
-    files += [os.path.join(HERE, f) for f in ("_common.py", "_suite.py", "downstream.py",
-                                             "fidelity.py")]
+    files += [os.path.join(HERE, f) for f in ("_common.py", "_suite.py", "_peers.py",
+                                             "downstream.py", "fidelity.py")]
     for path in files:
         h.update(os.path.relpath(path, os.path.dirname(package)).encode())
         with open(path, "rb") as fh:
@@ -290,6 +314,20 @@ class Fits:
             verbose=self.verbose).fit(X, y))
         return model, ae_s, fit_s
 
+    def scvi(self, s):
+        """scvi-tools' model of settings ``s`` (scANVI pretrained as scVI, one scVI fit per
+        split); ``(model, scVI fit s, scANVI fit s)``."""
+        import _peers
+
+        base = dict(REGISTRY["scVI"], gene_likelihood=s["gene_likelihood"])
+        model, scvi_s = self._once(json.dumps(base, sort_keys=True), lambda: _peers.fit_scvi(
+            self.X, self.y, base, self.seed, self.device, self.verbose))
+        if s["model"] == "SCVI":
+            return model, scvi_s, 0.0
+        scanvi, fit_s = self._once(json.dumps(s, sort_keys=True), lambda: _peers.fit_scanvi(
+            model, s, self.seed, self.device, self.verbose))
+        return scanvi, scvi_s, fit_s
+
 
 def target_counts(y, amount, only=None):
     """``{type: cells after resampling}``: each type (of ``only``, if given) raised to at least
@@ -306,7 +344,8 @@ def synthesize(name, s, fits, X_tr, y_tr, strategy, seed):
     Returns ``X`` (counts, or log-normalised for samplers that interpolate log-normalised cells),
     ``space`` ("counts" or "log"), ``y``, ``latents`` (the autoencoder latents they were decoded
     from, or None), ``ae`` (that autoencoder), and the seconds of the autoencoder fit, the
-    diffusion fit and the sampling (each fit counted in full for every row that needs it).
+    diffusion fit and the sampling (each fit counted in full for every row that needs it); for
+    scVI and scANVI the first two are the scVI fit and the scANVI fit.
     """
     out = dict(space="counts", latents=None, ae=None, ae_fit_s=0.0, fit_s=0.0, warnings=[])
     if s["kind"] == "none" or not strategy:
@@ -322,6 +361,21 @@ def synthesize(name, s, fits, X_tr, y_tr, strategy, seed):
                                               random_state=seed), log_norm(X_tr), "log"
         else:
             sampler, X_in = cls(sampling_strategy=strategy, random_state=seed), X_tr
+    elif s["kind"] == "scvi":
+        import _peers
+
+        model, out["ae_fit_s"], out["fit_s"] = fits.scvi(s)
+        t0 = time.perf_counter()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            if s["model"] == "SCVI":
+                X_syn, y_syn = _peers.sample_scvi(model, y_tr, strategy, seed)
+            else:
+                X_syn, y_syn, agreement = _peers.sample_scanvi(model, X_tr, y_tr, strategy, seed)
+                out["diagnostics"] = dict(prior_label_agreement=agreement)
+        out["sample_s"] = time.perf_counter() - t0
+        out["warnings"] = sorted({str(w.message)[:200] for w in caught})
+        return dict(out, X=X_syn, y=y_syn)
     elif s["kind"] == "latent":
         from scaug import LatentOverSampler
 

@@ -61,7 +61,8 @@ def configure(args) -> None:
     unknown = sorted(set(args.classifiers) - set(CLASSIFIERS))
     if unknown:
         raise SystemExit(f"unknown classifier(s) {unknown}; they are {list(CLASSIFIERS)}")
-    args.augmenters = [a for a in args.augmenters if not S.REGISTRY[a].get("unlabelled")]
+    args.augmenters = S.drop_unavailable([a for a in args.augmenters
+                                          if not S.REGISTRY[a].get("unlabelled")])
 
 
 def make_classifier(name, seed):
@@ -164,7 +165,7 @@ def run_unit(unit, args, cache):
             base.update(status="ok", error=None, n_synthetic=len(syn["y"]),
                         ae_fit_s=syn["ae_fit_s"], fit_s=syn["fit_s"], sample_s=syn["sample_s"],
                         augment_s=syn["ae_fit_s"] + syn["fit_s"] + syn["sample_s"],
-                        warnings=syn["warnings"])
+                        warnings=syn["warnings"], **syn.get("diagnostics", {}))
         except Exception as err:  # noqa: BLE001 - e.g. ADASYN without neighbours: a row says so
             X_aug = None
             base.update(status="failed", error=f"{type(err).__name__}: {err}", n_synthetic=0)
@@ -288,10 +289,31 @@ def render(rows, args, prov):
                   "classifier, SCLD over SMOTE on the same split; median and range over splits.",
                   "", *S.table(["classifier", "splits", "median ratio", "range"], ratio)]
     lines += _cost_table(rows, args)
+    lines += _prior_table(rows, args)
     lines += _detail_tables(rows, args)
     lines += S.settings_lines(prov)
     return [("downstream/downstream", lines, {"provenance": prov, "comparisons": all_comps,
                                               "rows": rows})]
+
+
+def _prior_table(rows, args):
+    """How label-specific scANVI's prior is: the share of the latents drawn for a type that
+    scANVI's own classifier gives that type (rare types, then all types raised)."""
+    body = []
+    for d in args.datasets:
+        got = S.pick(rows, dataset=d, augmenter="scANVI", classifier=args.classifiers[0],
+                     status="ok")
+        got = [r for r in got if "prior_label_agreement" in r]
+        if got:
+            rare = [np.mean([v for t, v in r["prior_label_agreement"].items()
+                             if t in r["rare_types"]]) for r in got]
+            every = [np.mean(list(r["prior_label_agreement"].values())) for r in got]
+            body.append([d, len(got), S.mean_sd(rare), S.mean_sd(every)])
+    return ["## scANVI's prior: are its cells of the label they were drawn for?", "",
+            "Share of the latents drawn from scANVI's prior for a type that scANVI's own "
+            "classifier assigns to that type, mean±sd over seeds (1: the prior is specific to "
+            "the label).", "", *S.table(["data set", "seeds", "rare types", "every type raised"],
+                                        body)] if body else []
 
 
 def _cost_table(rows, args):
@@ -304,7 +326,8 @@ def _cost_table(rows, args):
                            for k in ("ae_fit_s", "fit_s", "sample_s", "augment_s"))])
     return ["## Cost of each augmenter", "", "Seconds, mean±sd over splits (a fit shared by "
             "several augmenters is counted in full for each). The latent baselines use SCLD's "
-            "autoencoder fit and nothing else.", "",
+            "autoencoder fit and nothing else; for scVI and scANVI the two fit columns are the "
+            "scVI fit and the scANVI fit (scANVI starts from that scVI).", "",
             *S.table(["augmenter", "synthetic cells", "autoencoder fit s", "diffusion fit s",
                       "sampling s", "augment s"], body)] if body else []
 

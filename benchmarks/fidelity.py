@@ -58,8 +58,10 @@ def configure(args) -> None:
     S.resolve_mode(args, QUICK_DATASETS)
     args.splits = list(args.splits or SPLITS)
     # the number of cells is the held-out cells' here: settings that only change it are left out
-    args.generators = [a for a in args.augmenters if "amount" not in S.REGISTRY[a] and (
-        S.REGISTRY[a]["kind"] in ("latent", "scld") or a == "SMOTE")]
+    args.generators = S.drop_unavailable([a for a in args.augmenters if "amount" not in
+                                          S.REGISTRY[a] and (S.REGISTRY[a]["kind"] in
+                                                             ("latent", "scld", "scvi")
+                                                             or a == "SMOTE")])
 
 
 def units(args):
@@ -71,8 +73,10 @@ def entries(args):
     out = [(None, REFERENCE)] + [(None, "SMOTE")] * ("SMOTE" in args.generators)
     for source in AE_SOURCES:
         out.append((source, CEILING))
+        # scVI and scANVI bring their own model, fitted on the capped split
         out += [(source, g) for g in args.generators if g != "SMOTE" and (
-            source == "training half" or not S.REGISTRY[g].get("unlabelled"))]
+            source == "training half" or not S.REGISTRY[g].get("unlabelled")) and (
+            source == AE_SOURCES[0] or S.REGISTRY[g]["kind"] != "scvi")]
     return out
 
 
