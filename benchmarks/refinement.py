@@ -64,8 +64,8 @@ from sklearn.covariance import LedoitWolf  # noqa: E402
 from sklearn.semi_supervised import LabelSpreading  # noqa: E402
 
 from scaug import SCLD, CellAutoencoder, metrics  # noqa: E402
-from scaug.model import _smoothed_bootstrap  # noqa: E402
 from scaug.preprocessing import NormalizeLog1p  # noqa: E402
+from scaug.sampling import smoothed_bootstrap  # noqa: E402
 
 FITS = ("semi-supervised", "capped split")
 STRENGTHS = (0.2, 0.4, 0.6)
@@ -115,7 +115,7 @@ def run_seed(X, y, seed, settings, verbose):
         rng, gen = np.random.default_rng(seed), torch.Generator().manual_seed(seed)
         latents[GAUSSIAN] = type_gaussian(base, code, n, rng)
         Z_own = standardised(base, X[own])
-        centre, sd = _smoothed_bootstrap(Z_own, np.zeros(len(own), int), 4.0)
+        centre, sd = smoothed_bootstrap(Z_own, np.zeros(len(own), int), 4.0)
         pick = rng.integers(len(own), size=n)
         latents[BOOTSTRAP] = centre[pick] + sd[pick] * rng.standard_normal((n, Z_own.shape[1]))
         spread_rng = np.random.default_rng([seed, 2])  # its own stream: the arms above stay

@@ -121,7 +121,7 @@ def type_gaussian(model, code: int, n: int, rng, mean=None, cov=None) -> np.ndar
 
 def standardised(model, X) -> np.ndarray:
     """Cells' latents in the model's standardised latent space (where it samples)."""
-    return ((model.autoencoder_._latents(X) - model.latent_mean_) / model.latent_scale_).astype(
+    return ((model.autoencoder_.encode(X) - model.latent_mean_) / model.latent_scale_).astype(
         np.float32)
 
 
