@@ -33,10 +33,11 @@ import warnings
 
 import numpy as np
 import scipy.sparse as sp
-from scipy import stats
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import DOCS, code_version, machine, write_json  # noqa: E402
+
+from scaug.evaluation import paired_interval  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CACHE = os.path.join(HERE, ".cache", "suite")
@@ -425,24 +426,14 @@ def arm_means(rows, arm, seeds, metric="c2st_auc") -> dict:
 
 
 def paired(a: dict, b: dict, higher_is_better: bool = True) -> dict:
-    """Paired difference ``a - b`` over the seeds both have, with a 95 % paired-t interval.
+    """Paired difference ``a - b`` over the seeds both have, with a 95 % paired-t interval:
+    the package's :func:`scaug.evaluation.paired_interval`, so the suite and ``scaug
+    evaluate`` count wins the same way.
 
     ``verdict`` is ``"win"``/``"loss"`` (for ``a``) only when the interval excludes zero, else
     ``"no difference shown"``; with fewer than 2 seeds there is no interval (``"n/a"``).
     """
-    seeds = sorted(set(a) & set(b))
-    d = np.array([a[s] - b[s] for s in seeds], dtype=float)
-    d = d[np.isfinite(d)]
-    if d.size == 0:
-        return dict(n=0, diff=float("nan"), lo=float("nan"), hi=float("nan"), verdict="n/a")
-    mean = float(d.mean())
-    if d.size < 2:
-        return dict(n=1, diff=mean, lo=float("nan"), hi=float("nan"), verdict="n/a")
-    half = float(stats.t.ppf(0.975, d.size - 1) * d.std(ddof=1) / np.sqrt(d.size))
-    lo, hi = mean - half, mean + half
-    better, worse = (lo > 0, hi < 0) if higher_is_better else (hi < 0, lo > 0)
-    verdict = "win" if better else "loss" if worse else "no difference shown"
-    return dict(n=int(d.size), diff=mean, lo=lo, hi=hi, verdict=verdict)
+    return paired_interval(a, b, higher_is_better=higher_is_better)
 
 
 def fmt_diff(p: dict, digits: int = 3) -> str:

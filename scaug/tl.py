@@ -350,7 +350,7 @@ def augment(adata, labels_key, *, batch_key=None, layer=None, sampling_strategy=
     if conditions is not None and key_added in conditions:
         raise ValueError(f"key_added {key_added!r} is a batch_key; name the synthetic-cell "
                          "marker otherwise.")
-    source, reused = _model_source(model)
+    source, model, reused = _model_source(model, device)
     sampler = _oversampler(model, reused, params, sampling_strategy=sampling_strategy,
                            random_state=random_state, device=device, verbose=verbose,
                            condition_spread=condition_spread, condition_scales=condition_scales)
@@ -396,20 +396,22 @@ def augment(adata, labels_key, *, batch_key=None, layer=None, sampling_strategy=
     )
 
 
-def _model_source(model):
-    """How ``uns["scaug"]`` names the model, and whether it is an SCLD reused as it is (a saved
-    file's class decides, not its name)."""
+def _model_source(model, device):
+    """How ``uns["scaug"]`` names the model, the model (a saved file read once, its saved class
+    deciding what it is) and whether it is an SCLD reused as it is."""
     from .autoencoder import CellAutoencoder
 
     if model is None:
-        return "new", False
+        return "new", None, False
     if isinstance(model, str | os.PathLike):
-        from .io import saved_class
+        from .io import load
 
-        return os.fspath(model), saved_class(model) == "SCLD"
-    if isinstance(model, CellAutoencoder):
-        return "given CellAutoencoder", False
-    return "given SCLD", isinstance(model, _scld())  # anything else: the core says what is wrong
+        source, model = os.fspath(model), load(model, device)
+    elif isinstance(model, CellAutoencoder):
+        source = "given CellAutoencoder"
+    else:
+        source = "given SCLD"  # or anything else: the core says what is wrong
+    return source, model, isinstance(model, _scld())
 
 
 def _oversampler(model, reused, params, **settings):
