@@ -136,6 +136,13 @@ IMBLEARN = [n for n, s in REGISTRY.items() if s["kind"] == "imblearn" and "amoun
 LATENT = [n for n, s in REGISTRY.items() if s["kind"] == "latent" and not s.get("dev")]
 #: scvi-tools' models, run only where scvi-tools imports (``drop_unavailable``)
 PEERS = [n for n, s in REGISTRY.items() if s["kind"] == "scvi"]
+
+
+def peers_in_title(augmenters) -> str:
+    """A report title's ending that names the peers it compares with, so that a run against
+    scVI and scANVI has a title of its own."""
+    peers = [a for a in PEERS if a in (augmenters or [])]
+    return f", against {' and '.join(peers)}" if peers else ""
 #: tiny networks and budgets of --quick: a smoke test of the code path, not a measurement
 QUICK = dict(autoencoder=dict(max_epochs=3, n_latent=8, hidden=[64]),
              diffusion=dict(diffusion_steps=150, width=64, depth=1),

@@ -252,7 +252,8 @@ def timing_ratio(rows, args, a="SCLD", b="SMOTE"):
 
 
 def render(rows, args, prov):
-    lines = ["# Downstream rare-cell benchmark: classifiers trained on augmented data", "",
+    lines = ["# Downstream rare-cell benchmark: classifiers trained on augmented data"
+             + S.peers_in_title(args.augmenters), "",
              *S.provenance_lines(prov), "## Protocol", "", __doc__.split("\n\n")[1].replace("\n", " "),
              "", "Differences are paired over seeds (the same split for both augmenters) with a "
              "95 % paired-t interval; a **win** or a **loss** is counted only when the interval "

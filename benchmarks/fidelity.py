@@ -201,7 +201,8 @@ def render(rows, args, prov):
     for split in args.splits:
         sr = S.pick(rows, split=split)
         lines = [f"# Fidelity of synthetic rare cells: the {split} types capped at 10 training "
-                 "cells", "", *S.provenance_lines(prov), "## Protocol", "",
+                 f"cells{S.peers_in_title(args.generators)}", "", *S.provenance_lines(prov),
+                 "## Protocol", "",
                  " ".join(p.replace("\n", " ") for p in __doc__.split("\n\n")[1:3]), "",
                  "Every figure is a mean over seeds of the mean over the capped types; "
                  "comparisons are paired over seeds with a 95 % paired-t interval, and a **win** "

@@ -55,8 +55,8 @@ class LatentOverSampler(CellOverSampler):
 
     When to use it: when a fit of :class:`scaug.SCLDOverSampler` costs too much, or as the
     baseline to compare it with. On types with 10 training cells, a Gaussian of their latents
-    was about as hard to tell from held-out real cells as SCLD's cells (issue 18 of the project;
-    ``docs/fidelity_10shot.md`` measures both through the same autoencoder), for the price of
+    was about as hard to tell from held-out real cells as SCLD's cells
+    (``docs/fidelity_10shot.md`` measures both through the same autoencoder), for the price of
     the autoencoder alone. It cannot learn from the other types how cells of a type vary: it only
     blurs the type's few latents. Give it an autoencoder pretrained on every cell you have
     (labelled or not) so that it renders unseen cells of the type well.

@@ -256,8 +256,8 @@ class AutoencoderModule(nn.Module):
 
         A negative binomial fitted by likelihood explains the variation the latent misses by
         extra dispersion, and so draws too many zeros: re-drawn cells come back with about 10 %
-        fewer detected genes than real cells of the same library size (issue 18). For each
-        gene, the shift is found by bisection (the expected share of cells with a nonzero count,
+        fewer detected genes than real cells of the same library size. For each gene, the shift
+        is found by bisection (the expected share of cells with a nonzero count,
         ``mean(1 - (theta / (theta + mu)) ** theta)``, rises with ``theta``), within
         ``[-6, 8]``. Genes detected in fewer than ``min_cells`` cells keep their dispersion.
         """
